@@ -1,0 +1,320 @@
+"""Trust-ratio bounds: constants, schedules, per-layer trees and policies.
+
+A *bound* given to :func:`optax_lambc.scale_by_clipped_trust_ratio` (and to
+:func:`optax_lambc.lambc`) may be
+
+* ``None``: no bound on that side;
+* a number (or scalar array, as ``optax.inject_hyperparams`` passes it);
+* an optax schedule, called with the transform's step count (0 on the first
+  update), e.g. large ratios early and small ones once weights settle (the
+  LAMBC paper, Sec. 4.2);
+* a pytree of numbers or schedules that is a tree prefix of the params: one
+  bound per layer or per sub-tree (the paper, Sec. 5); use ``math.inf`` for "no
+  upper bound" in such a tree;
+* a :class:`BoundPolicy`, passed as ``max_trust_ratio``: a stateful rule that
+  sets both the lower and the upper bound per layer. :func:`dynamic_bounds` and
+  :func:`running_stat_bounds` are the two shipped here.
+
+Policy state lives in the optimizer state: it is checkpointable with the rest,
+jit-safe, and never synchronises with the host.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import MaskedNode
+
+from optax_lambc import _validation
+
+# A per-layer tree of scalars shaped like the params, with ``optax.MaskedNode``
+# where a layer is not adapted.
+RatioTree = Any
+# ``resolve(spec, default)`` -> RatioTree: the value of a bound spec per layer.
+Resolver = Callable[[Any, float], RatioTree]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundPolicy:
+  """A stateful rule that sets per-layer lower and upper trust-ratio bounds.
+
+  Every tree below is a ``RatioTree``: one scalar per adapted layer, shaped
+  like the params with ``optax.MaskedNode`` where a layer is not adapted.
+
+  Attributes:
+    name: Shown in error messages and ``repr``.
+    init: ``init(template) -> state``; ``template`` is a RatioTree of zeros.
+    bounds: ``bounds(state, count, resolve) -> (lower, upper)``; ``count`` is
+      the transform's step count (0 on the first update); ``resolve(spec,
+      default)`` turns a number, schedule or per-layer tree into a RatioTree.
+    update: ``update(raw, applied, state, count) -> state``, called after
+      clipping with this step's raw and applied ratios.
+  """
+
+  name: str
+  init: Callable[[RatioTree], Any]
+  bounds: Callable[[Any, jax.Array, Resolver], tuple[RatioTree, RatioTree]]
+  update: Callable[[RatioTree, RatioTree, Any, jax.Array], Any]
+
+
+def is_scalar_spec(spec: Any) -> bool:
+  """True for a number or a scalar array (one pytree leaf of ndim 0)."""
+  if spec is None or callable(spec) or isinstance(spec, BoundPolicy):
+    return False
+  return (jax.tree_util.treedef_is_leaf(
+      jax.tree.structure(spec)) and jnp.ndim(spec) == 0)
+
+
+def check_bound(name: str, spec: Any) -> None:
+  """Validates a bound spec's concrete numbers; raises ``ValueError``."""
+  if spec is None or isinstance(spec, BoundPolicy) or callable(spec):
+    return
+  if is_scalar_spec(spec):
+    _validation.check_number(name, spec)
+    return
+  for path, leaf in jax.tree_util.tree_flatten_with_path(spec)[0]:
+    if callable(leaf):
+      continue
+    if jnp.ndim(leaf) != 0:
+      raise ValueError(
+          f'`{name}` at {_validation.path_str(path)!r} must be a scalar, a '
+          f'schedule or a tree of those; got shape {jnp.shape(leaf)}.')
+    _validation.check_number(f'{name}[{_validation.path_str(path)}]', leaf)
+
+
+def check_bound_order(min_spec: Any, max_spec: Any,
+                      min_name: str = 'min_trust_ratio',
+                      max_name: str = 'max_trust_ratio') -> None:
+  """Raises ``ValueError`` if two concrete scalar bounds are out of order."""
+  scalar = lambda s: (_validation.concrete_float(s)
+                      if is_scalar_spec(s) else None)
+  lo, hi = scalar(min_spec), scalar(max_spec)
+  if lo is not None and hi is not None and lo > hi:
+    raise ValueError(
+        f'`{min_name}` ({min_spec!r}) must not exceed `{max_name}` '
+        f'({max_spec!r}).')
+
+
+def make_resolver(count: jax.Array, params: Any, mask: Any,
+                  template: RatioTree) -> Resolver:
+  """Returns ``resolve(spec, default)`` for one update step."""
+
+  def value(spec):
+    return spec(count) if callable(spec) else spec
+
+  def resolve(spec: Any, default: float) -> RatioTree:
+    if spec is None:
+      return jax.tree.map(lambda t: jnp.full_like(t, default), template)
+    if callable(spec) or is_scalar_spec(spec):
+      v = value(spec)
+      return jax.tree.map(lambda t: jnp.asarray(v, t.dtype), template)
+    full = _validation.broadcast_prefix(spec, params, 'per-layer bound')
+    return jax.tree.map(
+        lambda m, b, t: jnp.asarray(value(b), t.dtype) if m else MaskedNode(),
+        mask, full, _fill_masked(template, mask))
+
+  return resolve
+
+
+def _fill_masked(template: RatioTree, mask: Any) -> Any:
+  """``template``'s leaves placed on ``mask``'s structure (0.0 where masked)."""
+  leaves = iter(jax.tree.leaves(template))
+  return jax.tree.map(lambda m: next(leaves) if m else 0.0, mask)
+
+
+# ---------------------------------------------------------------------------
+# Dynamic bounds after AdaBound.
+
+
+def dynamic_bounds(final: Any = 1.0, gamma: float = 1e-3) -> BoundPolicy:
+  r"""Bounds that converge to ``final`` from both sides, after AdaBound.
+
+  At step :math:`t = \text{count} + 1` (1 on the first update):
+
+  .. math::
+    \text{lower}(t) = b\,\bigl(1 - \tfrac{1}{\gamma t + 1}\bigr), \qquad
+    \text{upper}(t) = b\,\bigl(1 + \tfrac{1}{\gamma t}\bigr),
+
+  so early steps are barely clipped and the band narrows to :math:`b` at a
+  speed set by :math:`\gamma`. The LAMBC paper (Sec. 4.2) tried this and found
+  it worse than a fixed bound; it is here so that finding can be reproduced.
+  Pass it as ``max_trust_ratio``; it sets both bounds.
+
+  Args:
+    final: The bound :math:`b` both sides converge to: a number, a schedule of
+      the step count, or a per-layer tree of those.
+    gamma: Convergence speed :math:`\gamma > 0`.
+
+  Returns:
+    A :class:`BoundPolicy`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> opt = optax_lambc.lambc(
+    ...     1e-2, max_trust_ratio=optax_lambc.dynamic_bounds(1.0, gamma=0.1))
+    >>> params = {'w': jnp.ones((2, 2))}
+    >>> state = opt.init(params)
+    >>> _, state = opt.update(params, state, params)
+    >>> stats = optax_lambc.trust_ratio_stats(state)
+    >>> print(f"{float(stats.lower['w']):.4f} {float(stats.upper['w']):.1f}")
+    0.0909 11.0
+
+  References:
+    Luo et al., `Adaptive Gradient Methods with Dynamic Bound of Learning Rate
+    <https://arxiv.org/abs/1902.09843>`_, ICLR 2019.
+  """
+  check_bound('final', final)
+  _validation.check_positive('gamma', gamma)
+
+  def init(template):
+    del template
+    return optax.EmptyState()
+
+  def bounds(state, count, resolve):
+    del state
+    b = resolve(final, 1.0)
+    t = lambda x: count.astype(x.dtype) + 1  # noqa: E731  (1-based step)
+    lower = jax.tree.map(lambda x: x * (1 - 1 / (gamma * t(x) + 1)), b)
+    upper = jax.tree.map(lambda x: x * (1 + 1 / (gamma * t(x))), b)
+    return lower, upper
+
+  def update(raw, applied, state, count):
+    del raw, applied, count
+    return state
+
+  return BoundPolicy(f'dynamic_bounds(final={final!r}, gamma={gamma!r})',
+                     init, bounds, update)
+
+
+# ---------------------------------------------------------------------------
+# Running-statistics bounds after ALRC.
+
+
+class RunningStatBoundsState(NamedTuple):
+  """Per-layer exponentially weighted mean and variance of the ratio."""
+
+  count: RatioTree  # int32 per layer: observations absorbed so far.
+  mean: RatioTree  # EW mean (the first observation seeds it).
+  var: RatioTree  # EW variance (0 after the first observation).
+
+
+def running_stat_bounds(
+    n_std: Any = 3.0,
+    decay: float = 0.99,
+    warmup_steps: int = 100,
+    min_trust_ratio: float = 0.0,
+    max_trust_ratio: float | None = None,
+) -> BoundPolicy:
+  r"""Per-layer bounds at mean ± ``n_std`` standard deviations of the ratio.
+
+  Each layer keeps an exponentially weighted mean :math:`\mu` and variance
+  :math:`\sigma^2` of its trust ratio :math:`x`, with :math:`\alpha = 1 - d`
+  (the incremental form of Finch 2009, stable in float32 where
+  :math:`E[x^2] - E[x]^2` cancels):
+
+  .. math::
+    \delta = x - \mu,\quad \mu \leftarrow \mu + \alpha\delta,\quad
+    \sigma^2 \leftarrow (1 - \alpha)(\sigma^2 + \alpha\delta^2),\qquad
+    [\text{lower}, \text{upper}] = [\mu - n\sigma,\; \mu + n\sigma]
+    \cap [\text{min}, \text{max}].
+
+  The first observation sets :math:`\mu = x, \sigma^2 = 0` (no bias
+  correction needed). For the first ``warmup_steps`` steps only the fixed
+  ``[min, max]`` applies. As in ALRC, the statistics absorb the *applied*
+  (clipped) ratio, so one outlier does not widen the band; a non-finite ratio
+  is not absorbed. Bounds are layer-wise by construction, answering the LAMBC
+  paper's "one bound for all layers" limitation (Sec. 5). Pass the policy as
+  ``max_trust_ratio``.
+
+  Args:
+    n_std: Width of the band in standard deviations (> 0): a number, schedule
+      or per-layer tree.
+    decay: EMA decay :math:`d` in [0, 1).
+    warmup_steps: Steps (>= 1) before the statistical band is applied.
+    min_trust_ratio: A fixed lower bound intersected with the band.
+    max_trust_ratio: A fixed upper bound intersected with the band, or None.
+
+  Returns:
+    A :class:`BoundPolicy`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> policy = optax_lambc.running_stat_bounds(n_std=2.0, warmup_steps=1)
+    >>> opt = optax_lambc.lambc(1e-2, max_trust_ratio=policy)
+    >>> params = {'w': jnp.ones((2, 2))}
+    >>> state = opt.init(params)
+    >>> for _ in range(3):
+    ...   _, state = opt.update(params, state, params)
+    >>> stats = optax_lambc.trust_ratio_stats(state)
+    >>> bool(stats.lower['w'] <= stats.applied['w'] <= stats.upper['w'])
+    True
+
+  References:
+    Ede & Beanland, `Adaptive Learning Rate Clipping Stabilizes Learning
+    <https://arxiv.org/abs/1906.09060>`_, 2020.
+
+    Finch, `Incremental calculation of weighted mean and variance
+    <https://fanf2.user.srcf.net/hermes/doc/antiforgery/stats.pdf>`_, 2009.
+  """
+  check_bound('n_std', n_std)
+  if is_scalar_spec(n_std):
+    _validation.check_positive('n_std', n_std)
+  _validation.check_number('decay', decay, upper=1.0)
+  if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int):
+    raise ValueError(f'`warmup_steps` must be an int, got {warmup_steps!r}.')
+  if warmup_steps < 1:
+    raise ValueError(f'`warmup_steps` must be >= 1, got {warmup_steps!r}.')
+  _validation.check_number('min_trust_ratio', min_trust_ratio)
+  if max_trust_ratio is not None:
+    _validation.check_number('max_trust_ratio', max_trust_ratio)
+    check_bound_order(min_trust_ratio, max_trust_ratio)
+  hi_fixed = math.inf if max_trust_ratio is None else max_trust_ratio
+
+  def init(template):
+    return RunningStatBoundsState(
+        count=jax.tree.map(lambda t: jnp.zeros([], jnp.int32), template),
+        mean=jax.tree.map(jnp.zeros_like, template),
+        var=jax.tree.map(jnp.zeros_like, template))
+
+  def bounds(state, count, resolve):
+    n = resolve(n_std, 3.0)
+    off = count < warmup_steps
+
+    def band(k, mu, var, n):
+      sigma = jnp.sqrt(var)
+      lo = jnp.maximum(mu - n * sigma, min_trust_ratio)
+      hi = jnp.minimum(mu + n * sigma, hi_fixed)
+      fixed = off | (k == 0)
+      return (jnp.where(fixed, jnp.asarray(min_trust_ratio, mu.dtype), lo),
+              jnp.where(fixed, jnp.asarray(hi_fixed, mu.dtype), hi))
+
+    pairs = jax.tree.map(band, state.count, state.mean, state.var, n)
+    lower = jax.tree.map(lambda _, p: p[0], state.mean, pairs)
+    upper = jax.tree.map(lambda _, p: p[1], state.mean, pairs)
+    return lower, upper
+
+  def update(raw, applied, state, count):
+    del raw, count
+    alpha = 1 - decay
+
+    def absorb(k, mu, var, x):
+      ok = jnp.isfinite(x)
+      first = k == 0
+      delta = jnp.where(ok, x - mu, 0)
+      new_mu = jnp.where(first, x, mu + alpha * delta)
+      new_var = jnp.where(first, 0, (1 - alpha) * (var + alpha * delta * delta))
+      return (jnp.where(ok, k + 1, k), jnp.where(ok, new_mu, mu),
+              jnp.where(ok, new_var, var))
+
+    out = jax.tree.map(absorb, state.count, state.mean, state.var, applied)
+    field = lambda i: jax.tree.map(lambda _, o: o[i], state.mean, out)
+    return RunningStatBoundsState(field(0), field(1), field(2))
+
+  return BoundPolicy(
+      f'running_stat_bounds(n_std={n_std!r}, decay={decay!r}, '
+      f'warmup_steps={warmup_steps!r})', init, bounds, update)

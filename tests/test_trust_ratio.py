@@ -1,0 +1,205 @@
+"""scale_by_clipped_trust_ratio: semantics, dtypes, properties, errors."""
+
+import math
+
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_lambc
+import reference_numpy as ref
+
+
+def test_composes_with_sgd_momentum_and_lion():
+  params = {'a': jnp.full((4,), 10.0), 'b': jnp.full((4,), 1e-3)}
+  grads = {'a': jnp.ones(4), 'b': jnp.ones(4)}
+  for direction in (optax.trace(0.9), optax.scale_by_lion()):
+    opt = optax.chain(direction,
+                      optax_lambc.scale_by_clipped_trust_ratio(0.0, 1.0))
+    u, state = opt.update(grads, opt.init(params), params)
+    stats = optax_lambc.trust_ratio_stats(state)
+    # |w_a| / |u_a| = 10 -> clipped to 1; |w_b| / |u_b| = 1e-3 passes.
+    assert float(stats.applied['a']) == 1.0
+    np.testing.assert_allclose(float(stats.applied['b']), 1e-3, rtol=1e-5)
+    direction_u, _ = direction.update(grads, direction.init(params), params)
+    np.testing.assert_allclose(np.asarray(u['b']),
+                               1e-3 * np.asarray(direction_u['b']), rtol=1e-5)
+
+
+def test_mask_leaves_pass_through():
+  params = {'w': jnp.full((2, 2), 100.0), 'b': jnp.full((2,), 100.0)}
+  grads = jax.tree.map(jnp.ones_like, params)
+  t = optax_lambc.scale_by_clipped_trust_ratio(
+      min_trust_ratio=2.0, max_trust_ratio=3.0,
+      mask=optax_lambc.exclude_bias_and_norm)
+  u, s = t.update(grads, t.init(params), params)
+  np.testing.assert_array_equal(np.asarray(u['b']), 1.0)
+  np.testing.assert_array_equal(np.asarray(u['w']), 3.0)
+  assert isinstance(s.raw_ratio['b'], optax.MaskedNode)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_low_precision_norms_in_float32_update_keeps_dtype(dtype):
+  # 4096 elements of 1.0: bf16 summation alone would stall at 256.
+  params = {'w': jnp.ones((64, 64), dtype)}
+  grads = {'w': jnp.full((64, 64), 0.5, dtype)}
+  t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio=None)
+  u, s = t.update(grads, t.init(params), params)
+  assert u['w'].dtype == dtype
+  assert s.raw_ratio['w'].dtype == jnp.float32
+  np.testing.assert_allclose(float(s.raw_ratio['w']), 2.0, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(u['w'], np.float32), 1.0)
+
+
+def test_float64_stays_float64():
+  with jax.enable_x64(True):
+    params = {'w': jnp.ones(3, jnp.float64)}
+    t = optax_lambc.scale_by_clipped_trust_ratio()
+    u, s = t.update({'w': jnp.ones(3, jnp.float64) * 1e-300}, t.init(params),
+                    params)
+    assert u['w'].dtype == jnp.float64
+    assert s.raw_ratio['w'].dtype == jnp.float64
+    assert float(s.applied_ratio['w']) == 1.0
+
+
+def test_schedule_bound_uses_step_count():
+  params = {'w': jnp.full((4,), 10.0)}
+  grads = {'w': jnp.ones(4)}  # raw ratio 10
+  t = optax_lambc.scale_by_clipped_trust_ratio(
+      max_trust_ratio=optax.piecewise_constant_schedule(8.0, {2: 0.25}))
+  state = t.init(params)
+  applied = []
+  for _ in range(4):
+    _, state = t.update(grads, state, params)
+    applied.append(float(state.applied_ratio['w']))
+  assert applied == [8.0, 8.0, 2.0, 2.0]
+
+
+def test_lower_above_upper_at_run_time_upper_wins():
+  params = {'w': jnp.ones(4)}
+  t = optax_lambc.scale_by_clipped_trust_ratio(
+      min_trust_ratio=lambda c: 5.0, max_trust_ratio=2.0)
+  _, s = t.update({'w': jnp.ones(4)}, t.init(params), params)
+  assert float(s.applied_ratio['w']) == 2.0
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    w=hnp.arrays(np.float32, st.integers(1, 6),
+                 elements=st.floats(-1e3, 1e3, width=32)),
+    u=hnp.arrays(np.float32, 6, elements=st.floats(-1e3, 1e3, width=32)),
+    lo=st.floats(0, 5), width=st.floats(0, 5),
+    tc=st.floats(1e-3, 10), eps=st.floats(0, 1))
+def test_applied_ratio_always_within_bounds(w, u, lo, width, tc, eps):
+  hi = lo + width
+  u = u[:w.shape[0]]
+  t = optax_lambc.scale_by_clipped_trust_ratio(
+      lo, hi, trust_coefficient=tc, eps=eps)
+  out, s = t.update({'x': jnp.asarray(u)}, t.init({'x': jnp.asarray(w)}),
+                    {'x': jnp.asarray(w)})
+  a = float(s.applied_ratio['x'])
+  assert np.float32(lo) <= a <= np.float32(hi)
+  np.testing.assert_allclose(float(s.raw_ratio['x']),
+                             ref.raw_ratio(w, u, tc, eps), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out['x']), u * np.float32(a),
+                             rtol=1e-6, atol=1e-30)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(per_layer=st.lists(st.floats(0.01, 10), min_size=3,
+                                     max_size=3),
+                  scale=st.floats(1e-3, 1e3))
+def test_per_layer_bounds_property(per_layer, scale):
+  params = {'a': jnp.full((3,), scale), 'b': jnp.full((2, 2), scale),
+            'c': jnp.full((5,), scale)}
+  grads = jax.tree.map(jnp.ones_like, params)
+  upper = dict(zip('abc', per_layer, strict=True))
+  t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio=upper)
+  _, s = t.update(grads, t.init(params), params)
+  for k in 'abc':
+    assert float(s.applied_ratio[k]) <= np.float32(upper[k])
+    assert float(s.upper[k]) == np.float32(upper[k])
+
+
+# --------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(min_trust_ratio=-0.1), 'min_trust_ratio'),
+    (dict(max_trust_ratio=-1.0), 'max_trust_ratio'),
+    (dict(min_trust_ratio=2.0, max_trust_ratio=1.0), 'must not exceed'),
+    (dict(max_trust_ratio=math.nan), 'max_trust_ratio.*NaN'),
+    (dict(min_trust_ratio=math.nan), 'min_trust_ratio.*NaN'),
+    (dict(min_trust_ratio=None), 'min_trust_ratio'),
+    (dict(max_trust_ratio={'a': -1.0}), r"max_trust_ratio\[a\]"),
+    (dict(max_trust_ratio={'a': np.ones(3)}), "max_trust_ratio.*'a'"),
+    (dict(trust_coefficient=-1.0), 'trust_coefficient'),
+    (dict(eps=-1e-3), 'eps'),
+    (dict(weight_norm_bounds=(1.0, 0.5)), 'weight_norm_bounds'),
+    (dict(min_trust_ratio=optax_lambc.dynamic_bounds()), 'as `max_trust'),
+])
+def test_transform_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    optax_lambc.scale_by_clipped_trust_ratio(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(b1=1.0), 'b1'), (dict(b1=-0.1), 'b1'), (dict(b2=1.5), 'b2'),
+    (dict(eps=-1.0), 'eps'), (dict(eps_root=-1.0), 'eps_root'),
+    (dict(weight_decay=-1e-4), 'weight_decay'),
+    (dict(min_trust_ratio=3.0, max_trust_ratio=1.0), 'must not exceed'),
+    (dict(max_trust_ratio=float('nan')), 'NaN'),
+])
+def test_lambc_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    optax_lambc.lambc(1e-3, **kwargs)
+
+
+def test_params_none_raises_optax_error():
+  opt = optax_lambc.lambc(1e-3)
+  params = {'w': jnp.ones(2)}
+  with pytest.raises(ValueError, match='params'):
+    opt.update(params, opt.init(params))
+  t = optax_lambc.scale_by_clipped_trust_ratio()
+  with pytest.raises(ValueError, match='params'):
+    t.update(params, t.init(params))
+
+
+def test_integer_leaves_name_the_path():
+  opt = optax_lambc.lambc(1e-3)
+  good = {'layer': {'w': jnp.ones(2)}}
+  bad = {'layer': {'w': jnp.ones(2, jnp.int32)}}
+  with pytest.raises(TypeError, match="params leaf 'layer/w'.*int32"):
+    opt.init(bad)
+  with pytest.raises(TypeError, match="updates leaf 'layer/w'.*int32"):
+    opt.update(bad, opt.init(good), good)
+  with pytest.raises(TypeError, match="updates leaf 'layer/w'.*bool"):
+    opt.update({'layer': {'w': jnp.ones(2, bool)}}, opt.init(good), good)
+
+
+def test_mismatched_structures_name_both():
+  opt = optax_lambc.lambc(1e-3)
+  params = {'a': jnp.ones(2), 'b': jnp.ones(2)}
+  with pytest.raises(ValueError, match=r"updates PyTreeDef\(\{'a': \*, 'c': "
+                     r"\*\}\) and params PyTreeDef\(\{'a': \*, 'b': \*\}\)"):
+    opt.update({'a': jnp.ones(2), 'c': jnp.ones(2)}, opt.init(params), params)
+
+
+def test_per_layer_bound_not_a_prefix_names_structures():
+  params = {'a': jnp.ones(2), 'b': jnp.ones(2)}
+  t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio={'z': 1.0})
+  with pytest.raises(ValueError, match='per-layer bound.*tree prefix'):
+    t.update(params, t.init(params), params)
+
+
+def test_non_bool_mask_names_the_path():
+  params = {'a': jnp.ones(2)}
+  t = optax_lambc.scale_by_clipped_trust_ratio(mask={'a': 1.5})
+  with pytest.raises(TypeError, match="`mask` leaf 'a'"):
+    t.init(params)
