@@ -1,0 +1,1 @@
+"""Flax training examples for optax_lambc (one shared library in ``lib``)."""

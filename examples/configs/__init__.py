@@ -1,0 +1,7 @@
+"""Presets, one per task (the paper's settings where it gives them)."""
+
+from examples.configs.cifar10 import get_config as cifar10
+from examples.configs.digits import get_config as digits
+from examples.configs.imagenet64 import get_config as imagenet64
+
+PRESETS = {'cifar10': cifar10, 'imagenet64': imagenet64, 'digits': digits}

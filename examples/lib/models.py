@@ -1,0 +1,123 @@
+"""Flax NNX models: CIFAR and 64x64 ResNets, and small nets for the demo."""
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class BasicBlock(nnx.Module):
+  """ResNet v1 basic block (two 3x3 convs) with a projection when needed."""
+
+  def __init__(self, c_in: int, c_out: int, stride: int, bn: Callable,
+               rngs: nnx.Rngs):
+    conv = partial(nnx.Conv, use_bias=False, rngs=rngs)
+    self.conv1 = conv(c_in, c_out, (3, 3), strides=stride)
+    self.bn1 = bn(c_out)
+    self.conv2 = conv(c_out, c_out, (3, 3))
+    self.bn2 = bn(c_out, scale_init=nnx.initializers.zeros)
+    needs_proj = stride != 1 or c_in != c_out
+    self.proj = nnx.data(conv(c_in, c_out, (1, 1), strides=stride)
+                         if needs_proj else None)
+    self.proj_bn = nnx.data(bn(c_out) if needs_proj else None)
+
+  def __call__(self, x, train: bool):
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.bn2(self.conv2(y), use_running_average=ura)
+    if self.proj is not None:
+      x = self.proj_bn(self.proj(x), use_running_average=ura)
+    return nnx.relu(x + y)
+
+
+class ResNet(nnx.Module):
+  """ResNet with a 3x3 stride-1 stem and no max-pool (small images).
+
+  ``first_stride=1`` is the CIFAR ResNet-18 of the LAMBC paper's Sec. 4.1;
+  ``first_stride=2`` suits 64x64 ImageNet (Sec. 4.3): 64 -> 32 -> ... -> 4.
+  BatchNorm statistics are averaged over ``bn_axis_name`` under pmap and
+  shard_map; under jit with shardings the batch mean is global already.
+  """
+
+  def __init__(self, stage_sizes, num_classes: int, width: int = 64,
+               first_stride: int = 1, bn_axis_name: str | None = None, *,
+               rngs: nnx.Rngs):
+    bn = partial(nnx.BatchNorm, momentum=0.9, axis_name=bn_axis_name,
+                 rngs=rngs)
+    self.stem = nnx.Conv(3, width, (3, 3), use_bias=False, rngs=rngs)
+    self.stem_bn = bn(width)
+    blocks, c_in = [], width
+    for i, n in enumerate(stage_sizes):
+      c_out = width * 2 ** i
+      for j in range(n):
+        stride = (first_stride if i == 0 else 2) if j == 0 else 1
+        blocks.append(BasicBlock(c_in, c_out, stride, bn, rngs))
+        c_in = c_out
+    self.blocks = nnx.List(blocks)
+    self.head = nnx.Linear(c_in, num_classes, rngs=rngs)
+
+  def __call__(self, x, train: bool = False):
+    x = nnx.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+    for block in self.blocks:
+      x = block(x, train)
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+class SmallCNN(nnx.Module):
+  """Two conv layers and a dense head: the offline digits demo (8x8x1)."""
+
+  def __init__(self, num_classes: int, width: int = 32, *, rngs: nnx.Rngs,
+               bn_axis_name: str | None = None, in_channels: int = 1):
+    del bn_axis_name  # no BatchNorm
+    self.conv1 = nnx.Conv(in_channels, width, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(width, 2 * width, (3, 3), strides=2, rngs=rngs)
+    self.dense = nnx.Linear(2 * width * 16, 128, rngs=rngs)
+    self.head = nnx.Linear(128, num_classes, rngs=rngs)
+
+  def __call__(self, x, train: bool = False):
+    del train
+    x = nnx.relu(self.conv1(x))
+    x = nnx.relu(self.conv2(x))
+    x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
+    return self.head(x)
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    'resnet18_cifar': partial(ResNet, (2, 2, 2, 2), first_stride=1),
+    'resnet18_64': partial(ResNet, (2, 2, 2, 2), first_stride=2),
+    'resnet34_64': partial(ResNet, (3, 4, 6, 3), first_stride=2),
+    'small_cnn': SmallCNN,
+}
+
+
+def create_model(name: str, num_classes: int, width: int, seed: int,
+                 bn_axis_name: str | None = None) -> nnx.Module:
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; known: {", ".join(MODELS)}')
+  return MODELS[name](num_classes=num_classes, width=width,
+                      bn_axis_name=bn_axis_name, rngs=nnx.Rngs(seed))
+
+
+def split(model: nnx.Module):
+  """(graphdef, params, batch_stats, state_template) with pure-dict trees."""
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, params.to_pure_dict(), stats.to_pure_dict(), (params, stats)
+
+
+def make_apply(graphdef, template) -> Callable:
+  """``apply(params, batch_stats, x, train) -> (logits, new_batch_stats)``."""
+  params_t, stats_t = template
+
+  def apply(params, batch_stats, x, train: bool):
+    p = jax.tree.map(lambda v: v, params_t)
+    s = jax.tree.map(lambda v: v, stats_t)
+    nnx.replace_by_pure_dict(p, params)
+    nnx.replace_by_pure_dict(s, batch_stats)
+    model = nnx.merge(graphdef, p, s)
+    logits = model(x, train=train)
+    _, _, new_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return logits, new_stats.to_pure_dict()
+
+  return apply

@@ -1,0 +1,77 @@
+"""Optimizers and learning-rate schedules from a Config."""
+
+import optax
+
+import optax_lambc
+from examples.lib.config import Config
+
+OPTIMIZERS = ('lambc', 'lamb', 'adamw', 'sgd', 'larc')
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int,
+                           total_steps: int) -> optax.Schedule:
+  """Linear warm-up, then cosine decay, step decay or a constant."""
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  rest = max(total_steps - warmup, 1)
+  if config.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(config.learning_rate, rest)
+  elif config.schedule == 'step':
+    main = optax.piecewise_constant_schedule(
+        config.learning_rate,
+        {int(f * total_steps) - warmup: config.step_decay_factor
+         for f in config.step_decay_at})
+  elif config.schedule == 'constant':
+    main = optax.constant_schedule(config.learning_rate)
+  else:
+    raise ValueError(f'unknown schedule {config.schedule!r}; known: cosine, '
+                     'step, constant')
+  if warmup == 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, config.learning_rate, warmup), main],
+      [warmup])
+
+
+def _bounds(config: Config):
+  if config.bound_policy == 'fixed':
+    return config.max_trust_ratio
+  if config.bound_policy == 'dynamic':
+    return optax_lambc.dynamic_bounds(
+        final=1.0 if config.max_trust_ratio is None else config.max_trust_ratio,
+        gamma=config.policy_gamma)
+  if config.bound_policy == 'running':
+    return optax_lambc.running_stat_bounds(
+        n_std=config.policy_n_std, decay=config.policy_decay,
+        warmup_steps=config.policy_warmup_steps,
+        max_trust_ratio=config.max_trust_ratio)
+  raise ValueError(f'unknown bound_policy {config.bound_policy!r}; known: '
+                   'fixed, dynamic, running')
+
+
+def create_optimizer(config: Config, schedule: optax.Schedule,
+                     axis_name=None) -> optax.GradientTransformation:
+  """The optimizer named by ``config.optimizer``, over pure-dict params."""
+  mask = optax_lambc.exclude_bias_and_norm if config.exclude_bias_and_norm \
+      else None
+  name = config.optimizer
+  if name == 'lambc':
+    return optax_lambc.lambc(
+        schedule, weight_decay=config.weight_decay,
+        min_trust_ratio=config.min_trust_ratio, max_trust_ratio=_bounds(config),
+        weight_decay_mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
+  if name == 'lamb':  # LAMB = LAMBC without an upper bound, same masks
+    return optax_lambc.lambc(
+        schedule, weight_decay=config.weight_decay, max_trust_ratio=None,
+        weight_decay_mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
+  if name == 'adamw':
+    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
+  if name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask),
+                       optax.sgd(schedule, momentum=config.momentum))
+  if name == 'larc':
+    return optax_lambc.larc(schedule, momentum=config.momentum,
+                            weight_decay=config.weight_decay,
+                            weight_decay_mask=mask, trust_ratio_mask=mask,
+                            axis_name=axis_name)
+  raise ValueError(f'unknown optimizer {name!r}; known: '
+                   f'{", ".join(OPTIMIZERS)}')
