@@ -57,8 +57,8 @@ VARIANTS = {'plain': _plain, 'vdot': _vdot, 'rows': _rows,
 def lambc_step(sq_norms):
   """(init, step) of a hand-written LAMBC whose norms use ``sq_norms``."""
   def init(p):
-    zeros = jax.tree.map(jnp.zeros_like, p)
-    return jnp.zeros([], jnp.int32), zeros, zeros
+    return (jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, p),
+            jax.tree.map(jnp.zeros_like, p))  # two buffers: both donated
 
   def step(p, s, g):
     c, m, v = s

@@ -256,3 +256,20 @@ def test_flax_train_state():
     losses.append(float(value))
   assert losses[-1] < losses[0] * 0.5
   assert set(optax_lambc.trust_ratio_stats(state.opt_state).raw) == {'kernel'}
+
+
+def test_flax_nnx_optimizer():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax_lambc.lambc(1e-1), wrt=nnx.Param)
+  x, y = jnp.ones((8, 4)), jnp.zeros((8, 3))
+
+  def loss(m):
+    return jnp.mean((m(x) - y) ** 2)
+
+  first = float(loss(model))
+  for _ in range(10):
+    optimizer.update(model, nnx.grad(loss)(model))
+  assert float(loss(model)) < first * 0.5
+  stats = optax_lambc.trust_ratio_stats(optimizer.opt_state)
+  assert set(stats.raw) == {'bias/value', 'kernel/value'}

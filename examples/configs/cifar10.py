@@ -9,4 +9,5 @@ def get_config() -> Config:
                 num_classes=10, optimizer='lambc', learning_rate=1e-2,
                 schedule='cosine', warmup_epochs=0.0, weight_decay=0.0,
                 max_trust_ratio=1.0, global_batch_size=1000, num_epochs=80,
+                exclude_bias_and_norm=False,  # the paper adapts every layer
                 log_every_steps=10, checkpoint_every_steps=200)

@@ -60,14 +60,14 @@ def _parse(field: dataclasses.Field, text: str):
   hint = typing.get_type_hints(Config)[field.name]
   if text.lower() == 'none':
     return None
+  if typing.get_origin(hint) is tuple:
+    return tuple(float(x) for x in text.split(',') if x)
   args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
   kind = args[0]
   if kind is bool:
     if text.lower() not in ('true', 'false', '1', '0'):
       raise ValueError(f'{field.name} must be true or false, got {text!r}')
     return text.lower() in ('true', '1')
-  if typing.get_origin(kind) is tuple:
-    return tuple(float(x) for x in text.split(',') if x)
   return kind(text)
 
 

@@ -103,7 +103,8 @@ def create_model(name: str, num_classes: int, width: int, seed: int,
 def split(model: nnx.Module):
   """(graphdef, params, batch_stats, state_template) with pure-dict trees."""
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  return graphdef, params.to_pure_dict(), stats.to_pure_dict(), (params, stats)
+  return (graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats),
+          (params, stats))
 
 
 def make_apply(graphdef, template) -> Callable:
@@ -118,6 +119,6 @@ def make_apply(graphdef, template) -> Callable:
     model = nnx.merge(graphdef, p, s)
     logits = model(x, train=train)
     _, _, new_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return logits, new_stats.to_pure_dict()
+    return logits, nnx.to_pure_dict(new_stats)
 
   return apply

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import time
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -111,6 +110,7 @@ class Experiment:
   total_steps: int
   train_ds: Any
   eval_source: Any
+  eval_step: Any
 
 
 def build(config: Config) -> Experiment:
@@ -147,28 +147,25 @@ def build(config: Config) -> Experiment:
                     parallel.place_state(state), train_step, steps_per_epoch,
                     total_steps, input_pipeline.train_dataset(config,
                                                               train_source),
-                    eval_source)
+                    eval_source, jax.jit(make_eval_step(apply)))
 
 
 def evaluate(exp: Experiment, state: TrainState) -> dict:
+  """Test loss and accuracy over the whole eval split (padded batches)."""
   single = exp.parallel.unplace_state(state)
-  eval_step = jax.jit(make_eval_step(exp.apply))
-  n_dev = jax.device_count()
-  batch_size = max(n_dev, exp.config.global_batch_size //
-                   jax.process_count() // n_dev * n_dev)
+  n_local = jax.local_device_count()
+  # Each process feeds a multiple of its device count; the last batch is
+  # padded and masked, so every batch has one shape (one compilation).
+  local_batch = max(n_local, exp.config.global_batch_size //
+                    jax.process_count() // n_local * n_local)
+  # pmap keeps a replicated copy; evaluate it with the mesh like 'jit'.
+  feed = Parallel('jit' if exp.parallel.mode == 'pmap' else
+                  exp.parallel.mode, exp.parallel.mesh)
   totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  local_batch = batch_size // jax.process_count() if exp.parallel.mode != \
-      'pmap' else batch_size
-  local_batch = max(jax.local_device_count(),
-                    local_batch // jax.local_device_count() *
-                    jax.local_device_count())
-  mesh_parallel = Parallel(
-      'jit' if exp.parallel.mode == 'pmap' else exp.parallel.mode,
-      exp.parallel.mesh)
   for batch in input_pipeline.eval_batches(exp.config, exp.eval_source,
                                            local_batch):
-    out = eval_step(single.params, single.batch_stats,
-                    mesh_parallel.shard_batch(batch))
+    out = exp.eval_step(single.params, single.batch_stats,
+                        feed.shard_batch(batch))
     for k in totals:
       totals[k] += float(out[k])
   count = max(totals['count'], 1.0)
@@ -295,5 +292,3 @@ def _progress(config: Config, total: int, start: int):
   return tqdm(total=total, initial=start, unit='step', dynamic_ncols=True,
               desc=f'{config.dataset}/{config.optimizer}')
 
-
-train = partial(train_and_evaluate)

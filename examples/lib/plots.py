@@ -1,0 +1,108 @@
+"""Plots from metrics.jsonl: accuracy curves and trust-ratio heat-maps."""
+
+import json
+import os
+
+import numpy as np
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def trust_ratio_matrix(records: list[dict], field: str = 'raw'):
+  """(layers, steps, matrix[layer, step]) of one telemetry field."""
+  train = [r for r in records if r['split'] == 'train']
+  prefix = f'trust_ratio/{field}/'
+  layers = sorted({k[len(prefix):] for r in train for k in r
+                   if k.startswith(prefix)})
+  steps = [r['step'] for r in train]
+  matrix = np.array([[r.get(prefix + name, np.nan) for r in train]
+                     for name in layers], dtype=float)
+  return layers, steps, matrix
+
+
+def _save(plt, fig, ax, out, title, xlabel, ylabel) -> str:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def plot_accuracy(curves: dict[str, list[tuple[float, float]]], out: str,
+                  title: str = '', xlabel: str = 'step') -> str:
+  """One line per label: ``curves[label] = [(x, accuracy), ...]``."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for label, points in curves.items():
+    if points:
+      x, y = zip(*points, strict=True)
+      ax.plot(x, y, label=label)
+  return _save(plt, fig, ax, out, title, xlabel, 'test accuracy')
+
+
+def plot_trust_ratio_heatmap(records: list[dict], out: str,
+                             field: str = 'raw') -> str:
+  """Layer x step heat-map of log10 of a trust-ratio field."""
+  plt = _plt()
+  layers, steps, m = trust_ratio_matrix(records, field)
+  fig, ax = plt.subplots(figsize=(8, 0.25 * len(layers) + 1.8))
+  with np.errstate(divide='ignore', invalid='ignore'):
+    image = ax.imshow(np.log10(m), aspect='auto', cmap='viridis',
+                      interpolation='nearest',
+                      extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
+  ax.set_yticks(range(len(layers)), layers, fontsize=6)
+  ax.set_xlabel('step')
+  ax.set_title(f'log10 {field} trust ratio per layer')
+  fig.colorbar(image, ax=ax)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def plot_raw_vs_applied(records: list[dict], out: str, max_layers: int = 8,
+                        title: str = '') -> str:
+  """Raw (dashed) and applied (solid) ratio per layer over steps."""
+  plt = _plt()
+  layers, steps, raw = trust_ratio_matrix(records, 'raw')
+  _, _, applied = trust_ratio_matrix(records, 'applied')
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for i, name in enumerate(layers[:max_layers]):
+    line, = ax.plot(steps, applied[i], label=name)
+    ax.plot(steps, raw[i], '--', color=line.get_color(), alpha=0.6)
+  ax.set_yscale('log')
+  return _save(plt, fig, ax, out, title, 'step',
+               'trust ratio (dashed: raw, solid: applied)')
+
+
+def plot_run(workdir: str) -> list[str]:
+  """Accuracy curves and trust-ratio heat-maps for one training run."""
+  records = read_metrics(workdir)
+  curves = {
+      'train (running mean)': [(r['step'], r['accuracy']) for r in records
+                               if r['split'] == 'train'],
+      'test': [(r['step'], r['accuracy']) for r in records
+               if r['split'] == 'eval'],
+  }
+  outs = [plot_accuracy(curves, os.path.join(workdir, 'accuracy.png'),
+                        title=os.path.basename(os.path.abspath(workdir)))]
+  if any(k.startswith('trust_ratio/raw/') for r in records for k in r):
+    for field in ('raw', 'applied'):
+      outs.append(plot_trust_ratio_heatmap(
+          records, os.path.join(workdir, f'trust_ratio_{field}.png'), field))
+  return outs

@@ -1,0 +1,120 @@
+"""End-to-end runs of the examples on mock data: train, kill, resume."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from examples.configs import cifar10, digits, imagenet64
+from examples.lib import config as config_lib
+from examples.lib import train as train_lib
+
+
+def _tiny(preset, **kw):
+  base = dict(mock_data=True, mock_num_examples=48, width=4,
+              global_batch_size=16, num_train_steps=5,
+              checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=5,
+              progress=False, weight_decay=1e-4)
+  base.update(kw)
+  return preset().replace(**base)
+
+
+@pytest.mark.parametrize('preset', [cifar10, imagenet64], ids=['cifar10',
+                                                               'imagenet64'])
+def test_kill_and_resume_ends_where_uninterrupted_run_ends(preset, tmp_path):
+  config = _tiny(preset, bound_policy='running', policy_warmup_steps=1)
+  full = train_lib.train_and_evaluate(config, str(tmp_path / 'full'))
+  killed = train_lib.train_and_evaluate(config.replace(stop_after_steps=3),
+                                        str(tmp_path / 'resumed'))
+  assert killed['steps'] == 3
+  resumed = train_lib.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  a, b = full['state'], resumed['state']
+  assert int(b.step) == 5
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
+                          jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
+                               atol=1e-7, err_msg=str(path))
+  records = [json.loads(line) for line in
+             (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines()]
+  train = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train] == [2, 4, 5]
+  assert any(k.startswith('trust_ratio/raw/') for k in train[-1])
+  assert 0 <= train[-1]['trust_ratio/clipped_upper_fraction'] <= 1
+  assert [r['step'] for r in records if r['split'] == 'eval'] == [5]
+
+
+def test_digits_learns_offline(tmp_path):
+  config = digits().replace(num_epochs=4, progress=False)
+  result = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert result['eval']['count'] == 450
+  assert result['eval']['accuracy'] > 0.8
+
+
+@pytest.mark.parametrize('overrides,error,match', [
+    (['optimizer=adagrad'], ValueError, "unknown optimizer 'adagrad'"),
+    (['parallel=dp'], ValueError, "unknown parallel mode 'dp'"),
+    (['schedule=linear'], ValueError, "unknown schedule 'linear'"),
+    (['model=vgg'], ValueError, "unknown model 'vgg'"),
+    (['global_batch_size=100000'], ValueError, 'fewer than one global batch'),
+    (['mock_data=false', 'data_dir=/nonexistent'], FileNotFoundError,
+     'not prepared'),
+])
+def test_bad_config_fails_before_compute(overrides, error, match):
+  config = config_lib.apply_overrides(_tiny(cifar10), overrides)
+  with pytest.raises(error, match=match):
+    train_lib.build(config)
+
+
+def test_config_overrides_parse_and_reject_unknown_keys():
+  config = config_lib.apply_overrides(
+      cifar10(), ['max_trust_ratio=none', 'global_batch_size=2000',
+                  'mock_data=true', 'step_decay_at=0.3,0.6'])
+  assert config.max_trust_ratio is None and config.global_batch_size == 2000
+  assert config.mock_data is True and config.step_decay_at == (0.3, 0.6)
+  with pytest.raises(ValueError, match="unknown config key 'lr'"):
+    config_lib.apply_overrides(cifar10(), ['lr=1'])
+
+
+def test_demo_fast_mode_writes_table_and_plots(tmp_path):
+  from examples import demo  # pylint: disable=g-import-not-at-top
+  report = demo.main(['--fast', '--workdir', str(tmp_path)])
+  text = open(report).read()
+  assert '| batch 512 |' in text and 'LAMBC max 1' in text
+  assert 'LAMB (no bound)' in text
+  for name in ('accuracy_batch_512.png', 'trust_ratios.png'):
+    assert (tmp_path / name).stat().st_size > 1000
+  # Finished runs are skipped on a second call (resumable grids).
+  mtime = (tmp_path / 'batch_512__LAMB__no_bound_' / 'seed_0' /
+           'result.json').stat().st_mtime
+  demo.main(['--fast', '--workdir', str(tmp_path)])
+  assert (tmp_path / 'batch_512__LAMB__no_bound_' / 'seed_0' /
+          'result.json').stat().st_mtime == mtime
+
+
+def test_reproduce_harness_on_mock_data(tmp_path):
+  from examples import reproduce  # pylint: disable=g-import-not-at-top
+  _, grid = reproduce.experiment('table1')
+  assert {(s.row, s.col) for s in grid} == {
+      (f'batch {b}', c) for b in (1000, 2000, 3000)
+      for c in ('LAMBC max 1', 'LAMB (no bound)')}
+  _, grid = reproduce.experiment('figure2')
+  assert [s.col for s in grid] == ['LAMBC max 1', 'LAMBC max 3',
+                                   'LAMBC max 5', 'LAMBC max 10',
+                                   'LAMB (no bound)']
+  paths = reproduce.main(['--experiment', 'figure3', '--mock', '--workdir',
+                          str(tmp_path)])
+  text = open(paths[0]).read()
+  assert 'figure3 (mock data)' in text and '| batch 400 |' in text
+  assert all((tmp_path / p).exists() for p in paths)
+
+
+def test_plot_command_writes_curves_and_heatmaps(tmp_path):
+  from examples import plot  # pylint: disable=g-import-not-at-top
+  config = digits().replace(num_train_steps=4, log_every_steps=1,
+                            progress=False)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  plot.main(['--workdir', str(tmp_path)])
+  for name in ('accuracy.png', 'trust_ratio_raw.png',
+               'trust_ratio_applied.png'):
+    assert (tmp_path / name).stat().st_size > 1000
