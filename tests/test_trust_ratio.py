@@ -88,12 +88,19 @@ def test_lower_above_upper_at_run_time_upper_wins():
   assert float(s.applied_ratio['w']) == 2.0
 
 
-@hypothesis.settings(max_examples=40, deadline=None)
+# Away from float32's subnormal range: XLA:CPU flushes subnormals to zero and
+# squares below ~1e-19 underflow, so there "zero norm" is decided differently
+# from NumPy. Neither is a meaningful bound or update.
+_normal = st.floats(-1e3, 1e3, width=32).filter(lambda x: x == 0 or
+                                                 abs(x) > 1e-15)
+_bound = st.floats(0, 5).filter(lambda x: x == 0 or x > 1e-30)
+
+
+@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
 @hypothesis.given(
-    w=hnp.arrays(np.float32, st.integers(1, 6),
-                 elements=st.floats(-1e3, 1e3, width=32)),
-    u=hnp.arrays(np.float32, 6, elements=st.floats(-1e3, 1e3, width=32)),
-    lo=st.floats(0, 5), width=st.floats(0, 5),
+    w=hnp.arrays(np.float32, st.integers(1, 6), elements=_normal),
+    u=hnp.arrays(np.float32, 6, elements=_normal),
+    lo=_bound, width=_bound,
     tc=st.floats(1e-3, 10), eps=st.floats(0, 1))
 def test_applied_ratio_always_within_bounds(w, u, lo, width, tc, eps):
   hi = lo + width
@@ -110,7 +117,7 @@ def test_applied_ratio_always_within_bounds(w, u, lo, width, tc, eps):
                              rtol=1e-6, atol=1e-30)
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
 @hypothesis.given(per_layer=st.lists(st.floats(0.01, 10), min_size=3,
                                      max_size=3),
                   scale=st.floats(1e-3, 1e3))
