@@ -24,6 +24,16 @@ def with_input_checks(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_lambc
+    >>> opt = optax_lambc.with_input_checks(optax.adam(1e-3))
+    >>> opt.init({'layer': {'step': jnp.zeros([], jnp.int32)}})
+    Traceback (most recent call last):
+      ...
+    TypeError: params leaf 'layer/step' has dtype int32; ...
   """
   inner = optax.with_extra_args_support(inner)
 

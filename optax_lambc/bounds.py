@@ -52,6 +52,24 @@ class BoundPolicy:
       default)`` turns a number, schedule or per-layer tree into a RatioTree.
     update: ``update(raw, applied, state, count) -> state``, called after
       clipping with this step's raw and applied ratios.
+
+  Examples:
+    A stateless band [0.5, 2] for every layer, written as a policy:
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_lambc
+    >>> band = optax_lambc.BoundPolicy(
+    ...     name='band(0.5, 2)',
+    ...     init=lambda template: optax.EmptyState(),
+    ...     bounds=lambda state, count, resolve: (resolve(0.5, 0.0),
+    ...                                           resolve(2.0, 0.0)),
+    ...     update=lambda raw, applied, state, count: state)
+    >>> t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio=band)
+    >>> params = {'w': jnp.array([3.0, 4.0])}          # |w| = 5
+    >>> _, s = t.update({'w': jnp.array([0.6, 0.8])}, t.init(params), params)
+    >>> float(s.raw_ratio['w']), float(s.applied_ratio['w'])
+    (5.0, 2.0)
   """
 
   name: str

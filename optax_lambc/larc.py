@@ -53,6 +53,15 @@ def scale_by_larc_trust_ratio(
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> t = optax_lambc.scale_by_larc_trust_ratio(0.1, trust_coefficient=0.02)
+    >>> params = {'w': jnp.array([3.0, 4.0])}          # |w| = 5
+    >>> u, s = t.update({'w': jnp.array([0.3, 0.4])}, t.init(params), params)
+    >>> print(f"{s.raw_ratio['w']:.3f} {s.applied_ratio['w']:.3f}")  # 0.2/0.1
+    2.000 1.000
   """
   _validation.check_number('trust_coefficient', trust_coefficient)
   _validation.check_number('eps', eps)

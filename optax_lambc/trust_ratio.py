@@ -47,6 +47,14 @@ def layer_norm(x: jax.Array, axis_name: Any = None) -> jax.Array:
 
   Returns:
     A scalar in :func:`norm_dtype` of ``x``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> optax_lambc.layer_norm(jnp.array([[3.0], [4.0]]))
+    Array(5., dtype=float32)
+    >>> optax_lambc.layer_norm(jnp.ones(4, jnp.bfloat16)).dtype
+    dtype('float32')
   """
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   if axis_name is None:
