@@ -28,6 +28,11 @@ def test_kill_and_resume_ends_where_uninterrupted_run_ends(preset, tmp_path):
   killed = train_lib.train_and_evaluate(config.replace(stop_after_steps=3),
                                         str(tmp_path / 'resumed'))
   assert killed['steps'] == 3
+  # The "kill" left the step-2 checkpoint only: resuming replays step 3 from
+  # the restored data position.
+  ckpts = sorted(p.name for p in (tmp_path / 'resumed' / 'checkpoints')
+                 .iterdir() if p.name.isdigit())
+  assert ckpts == ['2']
   resumed = train_lib.train_and_evaluate(config, str(tmp_path / 'resumed'))
   a, b = full['state'], resumed['state']
   assert int(b.step) == 5

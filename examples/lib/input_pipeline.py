@@ -74,15 +74,6 @@ def get_source(config: Config, split: str) -> Sequence[dict]:
         '--set mock_data=true to try the pipeline on fake data.') from e
 
 
-def check_source(config: Config) -> None:
-  """Fails fast (before any compute) if the data cannot be read."""
-  src = get_source(config, config.train_split)
-  if len(src) < config.global_batch_size // jax.process_count():
-    raise ValueError(
-        f'the {config.train_split!r} split has {len(src)} examples, fewer than '
-        f'one global batch of {config.global_batch_size}')
-
-
 def _augment(example: dict, rng: np.random.Generator) -> dict:
   """Random crop with 4 pixels of zero padding, then a horizontal flip."""
   image = example['image']

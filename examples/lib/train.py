@@ -273,8 +273,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       ev = evaluate(exp, state)
       writer.write({'step': done, 'split': 'eval', **ev})
       result['eval'] = ev
+    # On schedule and at the end; a run stopped early (stop_after_steps, the
+    # tests' stand-in for a kill) saves nothing extra, like a real kill.
     if mngr is not None and (done % config.checkpoint_every_steps == 0 or
-                             done == stop):
+                             done == exp.total_steps):
       save_checkpoint(mngr, exp, state)
     if bar is not None:
       bar.update(1)
