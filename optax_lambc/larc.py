@@ -69,13 +69,7 @@ def scale_by_larc_trust_ratio(
 
   def init_fn(params):
     adapt = tr.resolve_mask(trust_ratio_mask, params, 'trust_ratio_mask')
-    template = tr.ratio_template(params, adapt)
-    ones = jax.tree.map(jnp.ones_like, template)
-    return tr.ScaleByClippedTrustRatioState(
-        count=jnp.zeros([], jnp.int32), raw_ratio=ones, applied_ratio=ones,
-        lower=jax.tree.map(jnp.zeros_like, template),
-        upper=jax.tree.map(lambda t: jnp.full_like(t, jnp.inf), template),
-        policy_state=optax.EmptyState())
+    return tr.initial_state(tr.ratio_template(params, adapt))
 
   def update_fn(updates, state, params=None):
     if params is None:

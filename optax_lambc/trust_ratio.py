@@ -100,6 +100,18 @@ def ratio_template(params: Any, mask: Any) -> Any:
       params, mask)
 
 
+def initial_state(template: Any,
+                  policy_state: Any = None) -> ScaleByClippedTrustRatioState:
+  """The state before the first update: ratios 1, bounds ``[0, inf]``."""
+  ones = jax.tree.map(jnp.ones_like, template)
+  return ScaleByClippedTrustRatioState(
+      count=jnp.zeros([], jnp.int32), raw_ratio=ones, applied_ratio=ones,
+      lower=jax.tree.map(jnp.zeros_like, template),
+      upper=jax.tree.map(lambda t: jnp.full_like(t, jnp.inf), template),
+      policy_state=optax.EmptyState() if policy_state is None else
+      policy_state)
+
+
 def check_bounds(min_trust_ratio: Any, max_trust_ratio: Any) -> None:
   """Build-time checks of the two bound arguments."""
   if isinstance(min_trust_ratio, bounds_lib.BoundPolicy):
@@ -221,14 +233,7 @@ def scale_by_clipped_trust_ratio(
   def init_fn(params):
     _validation.check_float_leaves(params, 'params')
     template = ratio_template(params, resolve_mask(mask, params))
-    ones = jax.tree.map(jnp.ones_like, template)
-    return ScaleByClippedTrustRatioState(
-        count=jnp.zeros([], jnp.int32),
-        raw_ratio=ones,
-        applied_ratio=ones,
-        lower=jax.tree.map(jnp.zeros_like, template),
-        upper=jax.tree.map(lambda t: jnp.full_like(t, jnp.inf), template),
-        policy_state=(policy.init(template) if policy else optax.EmptyState()))
+    return initial_state(template, policy.init(template) if policy else None)
 
   def update_fn(updates, state, params=None):
     if params is None:

@@ -117,13 +117,12 @@ def eval_batches(config: Config, source: Sequence[dict], batch_size: int):
   mine = list(range(jax.process_index(), len(source), jax.process_count()))
   # Every process yields the same number of batches (collectives need it).
   per_proc = -(-len(source) // jax.process_count())
+  padding = norm(source[0])  # masked out; any example of the right shape
   for start in range(0, per_proc, batch_size):
     idx = mine[start:start + batch_size]
     examples = [norm(source[i]) for i in idx]
     n = len(examples)
-    pad = batch_size - n
-    template = norm(source[0])
-    examples += [template] * pad
+    examples += [padding] * (batch_size - n)
     yield {'image': np.stack([e['image'] for e in examples]),
            'label': np.stack([e['label'] for e in examples]),
            'mask': np.arange(batch_size) < n}
