@@ -1,12 +1,12 @@
 """The LAMBC optimizer: LAMB with a clipped layer-wise trust ratio."""
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from optax_lambc import _validation
+from optax_lambc import bounds as bounds_lib
+from optax_lambc import layers
 from optax_lambc import trust_ratio
 
 
@@ -51,8 +51,9 @@ def with_input_checks(
 
 
 def scale_by_uncorrected_adam(
-    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6, eps_root: Any = 0.0,
-    mu_dtype: Any = None,
+    b1: jax.typing.ArrayLike = 0.9, b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6, eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam's direction without bias correction: :math:`m/(\sqrt{v+\epsilon_r}
   +\epsilon)`.
@@ -100,8 +101,10 @@ def scale_by_uncorrected_adam(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any,
-                    weight_decay: Any, learning_rate: Any) -> None:
+def check_adam_args(b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike,
+                    eps: jax.typing.ArrayLike, eps_root: jax.typing.ArrayLike,
+                    weight_decay: optax.ScalarOrSchedule,
+                    learning_rate: optax.ScalarOrSchedule) -> None:
   """Build-time checks shared by the Adam-based aliases."""
   _validation.check_number('b1', b1, upper=1.0)
   _validation.check_number('b2', b2, upper=1.0)
@@ -113,21 +116,22 @@ def check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any,
 
 def lambc(
     learning_rate: optax.ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-6,
-    eps_root: Any = 0.0,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    eps_root: jax.typing.ArrayLike = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    min_trust_ratio: Any = 0.0,
-    max_trust_ratio: Any = 1.0,
-    weight_decay_mask: Any = None,
-    trust_ratio_mask: Any = None,
-    bias_correction: bool = True,
+    mask: optax.MaskOrFn = None,
     *,
-    trust_coefficient: Any = 1.0,
-    weight_norm_bounds: tuple[Any, Any] | None = None,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
+    min_trust_ratio: bounds_lib.BoundSpec = 0.0,
+    max_trust_ratio: bounds_lib.BoundSpec = 1.0,
+    trust_ratio_mask: optax.MaskOrFn = None,
+    layer_axes: layers.LayerAxes = None,
+    bias_correction: bool = True,
+    trust_coefficient: jax.typing.ArrayLike = 1.0,
+    weight_norm_bounds: tuple[float, float | None] | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LAMBC: LAMB whose layer-wise trust ratio is clipped into bounds.
 
@@ -145,22 +149,12 @@ def lambc(
   ``MultiSteps``, ``apply_if_finite``) and its state is a plain optax chain
   state. With ``max_trust_ratio=None`` it is ``optax.lamb`` (tested bit-exact).
 
-  Decisions (where the paper is ambiguous or peers differ):
-    * Bounds: the paper's Eq. 3 names both bounds :math:`\mu`; we use
-      ``min_trust_ratio`` / ``max_trust_ratio`` and default to the paper's
-      recommended upper bound 1.0 and no lower bound.
-    * Bias correction: the paper's Algorithm 1 writes :math:`1-\beta` where
-      Adam has :math:`1-\beta^t`; we read it as Adam's :math:`1-\beta^t`
-      (``bias_correction=True``, as ``optax.lamb``). ``bias_correction=False``
-      drops it, matching the authors' released PyTorch ``Lambc`` exactly.
-    * :math:`\epsilon` is added outside the square root, as in ``optax.lamb``.
-    * Zero norms: the raw ratio is 1 where :math:`\lVert w\rVert=0` or
-      :math:`\lVert u\rVert=0`, then clipped (as the authors' code does).
-    * Masks: every layer gets weight decay and adaptation unless masked, as in
-      ``optax.lamb``; :func:`optax_lambc.exclude_bias_and_norm` gives the
-      TF-Addons/timm convention.
-    * NaN/Inf gradients propagate to the update (and the telemetry shows a NaN
-      raw ratio); wrap in ``optax.apply_if_finite`` to skip such steps.
+  The positional arguments are exactly ``optax.lamb``'s, in its order and
+  with its meaning (``mask`` is the weight-decay mask); everything LAMBC adds is
+  keyword-only, so a call written for ``optax.lamb`` means the same thing here,
+  with the clip at the documented default of 1.0. Every decision where the
+  paper is ambiguous or peers differ is listed once, in the README's
+  "Semantics and decisions".
 
   Args:
     learning_rate: A number or an optax schedule.
@@ -170,12 +164,15 @@ def lambc(
     eps_root: Added inside the square root.
     weight_decay: Decoupled weight decay :math:`\lambda` (number or schedule),
       added before the trust ratio is taken.
+    mask: Bool tree (prefix of the params) or callable; False leaves get no
+      weight decay (``optax.lamb``'s ``mask``).
     min_trust_ratio: Lower bound: number, schedule or per-layer tree.
     max_trust_ratio: Upper bound: ``None`` (LAMB), number, schedule, per-layer
       tree, or a :class:`optax_lambc.BoundPolicy`.
-    weight_decay_mask: Bool tree (prefix of the params) or callable; False
-      leaves get no weight decay.
     trust_ratio_mask: Bool tree or callable; False leaves are not adapted.
+    layer_axes: Axes of stacked layers (scanned blocks), one trust ratio per
+      slice: a tree prefix of the params or a callable, e.g.
+      :func:`optax_lambc.layer_axes_from_flax`; see :mod:`optax_lambc.layers`.
     bias_correction: Whether Adam's moments are bias-corrected.
     trust_coefficient: Multiplier of the trust ratio.
     weight_norm_bounds: ``(lo, hi)`` clamp on :math:`\lVert w\rVert`, or None.
@@ -219,11 +216,16 @@ def lambc(
     direction = scale_by_uncorrected_adam(b1, b2, eps, eps_root, mu_dtype)
   return with_input_checks(optax.chain(
       direction,
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.add_decayed_weights(
+          weight_decay,
+          None if mask is None else _validation.checked_mask(mask, 'mask')),
       trust_ratio.scale_by_clipped_trust_ratio(
           min_trust_ratio, max_trust_ratio,
           trust_coefficient=trust_coefficient,
           weight_norm_bounds=weight_norm_bounds,
-          mask=trust_ratio_mask, axis_name=axis_name),
+          mask=None if trust_ratio_mask is None else
+          _validation.checked_mask(trust_ratio_mask, 'trust_ratio_mask'),
+          layer_axes=layer_axes,
+          axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   ))

@@ -8,15 +8,21 @@ A *bound* given to :func:`optax_lambc.scale_by_clipped_trust_ratio` (and to
 * an optax schedule, called with the transform's step count (0 on the first
   update), e.g. large ratios early and small ones once weights settle (the
   LAMBC paper, Sec. 4.2);
-* a pytree of numbers or schedules that is a tree prefix of the params: one
-  bound per layer or per sub-tree (the paper, Sec. 5); use ``math.inf`` for "no
-  upper bound" in such a tree;
+* a pytree of numbers or schedules that is a tree prefix of the params
+  (matched by key path): one bound per layer or per sub-tree (the paper,
+  Sec. 5); use ``math.inf`` for "no upper bound" in such a tree. For a stacked
+  leaf (see :mod:`optax_lambc.layers`) a leaf may also be an array of the
+  layer axes' shape: one bound per stacked layer;
 * a :class:`BoundPolicy`, passed as ``max_trust_ratio``: a stateful rule that
   sets both the lower and the upper bound per layer. :func:`dynamic_bounds` and
   :func:`running_stat_bounds` are the two shipped here.
 
 Policy state lives in the optimizer state: it is checkpointable with the rest,
 jit-safe, and never synchronises with the host.
+
+Bounds are clamped at 0 when applied, so a schedule that goes negative gives a
+zero step, never one that climbs the loss; bools are rejected (``True`` is not
+a bound).
 """
 
 import dataclasses
@@ -26,23 +32,28 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax import MaskedNode
 
 from optax_lambc import _validation
 
-# A per-layer tree of scalars shaped like the params, with ``optax.MaskedNode``
-# where a layer is not adapted.
+# One array per adapted leaf, of that leaf's layer-axes shape (a scalar for a
+# leaf that is one layer); see :mod:`optax_lambc.layers`.
 RatioTree = Any
+# A bound as the user gives it: None, a number, a schedule, a per-layer tree of
+# those (leaves may also be arrays of the layer axes' shape), or a policy.
+BoundSpec = Any
 # ``resolve(spec, default)`` -> RatioTree: the value of a bound spec per layer.
-Resolver = Callable[[Any, float], RatioTree]
+Resolver = Callable[[BoundSpec, float], RatioTree]
 
 
 @dataclasses.dataclass(frozen=True)
 class BoundPolicy:
   """A stateful rule that sets per-layer lower and upper trust-ratio bounds.
 
-  Every tree below is a ``RatioTree``: one scalar per adapted layer, shaped
-  like the params with ``optax.MaskedNode`` where a layer is not adapted.
+  Every tree below is a ``RatioTree``: one array per adapted layer, of the
+  leaf's layer-axes shape (a scalar unless the leaf stacks layers), shaped like
+  the params with ``optax.MaskedNode`` where a layer is not adapted. Write the
+  rule elementwise (``jax.tree.map`` with ``jnp`` ops) and it keeps one
+  statistic per stacked layer for free.
 
   Attributes:
     name: Shown in error messages and ``repr``.
@@ -73,12 +84,14 @@ class BoundPolicy:
   """
 
   name: str
-  init: Callable[[RatioTree], Any]
-  bounds: Callable[[Any, jax.Array, Resolver], tuple[RatioTree, RatioTree]]
-  update: Callable[[RatioTree, RatioTree, Any, jax.Array], Any]
+  init: Callable[[RatioTree], optax.OptState]
+  bounds: Callable[[optax.OptState, jax.Array, Resolver],
+                   tuple[RatioTree, RatioTree]]
+  update: Callable[[RatioTree, RatioTree, optax.OptState, jax.Array],
+                   optax.OptState]
 
 
-def is_scalar_spec(spec: Any) -> bool:
+def is_scalar_spec(spec: BoundSpec) -> bool:
   """True for a number or a scalar array (one pytree leaf of ndim 0)."""
   if spec is None or callable(spec) or isinstance(spec, BoundPolicy):
     return False
@@ -86,61 +99,112 @@ def is_scalar_spec(spec: Any) -> bool:
       jax.tree.structure(spec)) and jnp.ndim(spec) == 0)
 
 
-def check_bound(name: str, spec: Any) -> None:
-  """Validates a bound spec's concrete numbers; raises ``ValueError``."""
-  if spec is None or isinstance(spec, BoundPolicy) or callable(spec):
+def _is_bound_leaf(x: Any) -> bool:
+  return callable(x) or isinstance(x, BoundPolicy)
+
+
+def check_bound(name: str, spec: BoundSpec) -> None:
+  """Validates a bound spec's concrete numbers at build time.
+
+  Raises:
+    TypeError: for a bool, or a policy inside a per-layer tree.
+    ValueError: for a NaN or negative number, naming ``name`` and the path.
+  """
+  if spec is None or isinstance(spec, BoundPolicy):
+    return
+  if callable(spec):
     return
   if is_scalar_spec(spec):
     _validation.check_number(name, spec)
     return
-  for path, leaf in jax.tree_util.tree_flatten_with_path(spec)[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      spec, is_leaf=_is_bound_leaf)[0]:
+    where = f'{name}[{_validation.path_str(path)}]'
+    if isinstance(leaf, BoundPolicy):
+      raise TypeError(f'`{where}`: a BoundPolicy must be the whole '
+                      '`max_trust_ratio`, not a leaf of a per-layer tree.')
     if callable(leaf):
       continue
-    if jnp.ndim(leaf) != 0:
-      raise ValueError(
-          f'`{name}` at {_validation.path_str(path)!r} must be a scalar, a '
-          f'schedule or a tree of those; got shape {jnp.shape(leaf)}.')
-    _validation.check_number(f'{name}[{_validation.path_str(path)}]', leaf)
+    if jnp.ndim(leaf) == 0:
+      _validation.check_number(where, leaf)
+      continue
+    _validation.reject_bool(where, leaf)
+    values = jnp.asarray(leaf)
+    if not isinstance(leaf, jax.core.Tracer) and bool(
+        jnp.any(jnp.isnan(values) | (values < 0))):
+      raise ValueError(f'`{where}` must be >= 0 and not NaN; got {leaf!r}.')
 
 
-def check_bound_order(min_spec: Any, max_spec: Any,
+def _concrete_entries(spec: BoundSpec) -> dict[tuple[str, ...], Any]:
+  """Path -> concrete number or array, for the leaves that are not schedules."""
+  if spec is None or callable(spec) or isinstance(spec, BoundPolicy):
+    return {}
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(spec)[0]:
+    if callable(leaf) or isinstance(leaf, jax.core.Tracer):
+      continue
+    out[tuple(_validation._key(k) for k in path)] = leaf  # pylint: disable=protected-access
+  return out
+
+
+def check_bound_order(min_spec: BoundSpec, max_spec: BoundSpec,
                       min_name: str = 'min_trust_ratio',
                       max_name: str = 'max_trust_ratio') -> None:
-  """Raises ``ValueError`` if two concrete scalar bounds are out of order."""
-  scalar = lambda s: (_validation.concrete_float(s)
-                      if is_scalar_spec(s) else None)
-  lo, hi = scalar(min_spec), scalar(max_spec)
-  if lo is not None and hi is not None and lo > hi:
-    raise ValueError(
-        f'`{min_name}` ({min_spec!r}) must not exceed `{max_name}` '
-        f'({max_spec!r}).')
+  """Raises ``ValueError`` where a concrete lower bound exceeds the upper.
+
+  Scalars and per-layer trees are compared entry by entry wherever one entry's
+  path is a prefix of the other's (a scalar applies everywhere).
+  """
+  lows, highs = _concrete_entries(min_spec), _concrete_entries(max_spec)
+  for lp, lo in lows.items():
+    for hp, hi in highs.items():
+      n = min(len(lp), len(hp))
+      if lp[:n] != hp[:n]:
+        continue
+      try:
+        bad = bool(jnp.any(jnp.asarray(lo) > jnp.asarray(hi)))
+      except (TypeError, ValueError):  # shapes that do not broadcast
+        continue
+      if bad:
+        where = '/'.join(lp if len(lp) >= len(hp) else hp)
+        at = f' at {where!r}' if where else ''
+        raise ValueError(
+            f'`{min_name}` ({lo!r}) must not exceed `{max_name}` ({hi!r})'
+            f'{at}.')
 
 
-def make_resolver(count: jax.Array, params: Any, mask: Any,
-                  template: RatioTree) -> Resolver:
-  """Returns ``resolve(spec, default)`` for one update step."""
+def make_resolver(count: jax.Array, params: optax.Params, template: RatioTree,
+                  *, strict: bool = True) -> Resolver:
+  """Returns ``resolve(spec, default)`` for one step.
+
+  ``params`` and ``template`` have the same structure (masked leaves are
+  ``optax.MaskedNode``); ``strict`` as in ``_validation.per_leaf``. The
+  result is a RatioTree in the template's dtypes and per-layer shapes.
+  """
 
   def value(spec):
     return spec(count) if callable(spec) else spec
 
-  def resolve(spec: Any, default: float) -> RatioTree:
+  def resolve(spec: BoundSpec, default: float, name: str = 'bound'
+              ) -> RatioTree:
     if spec is None:
       return jax.tree.map(lambda t: jnp.full_like(t, default), template)
     if callable(spec) or is_scalar_spec(spec):
       v = value(spec)
-      return jax.tree.map(lambda t: jnp.asarray(v, t.dtype), template)
-    full = _validation.broadcast_prefix(spec, params, 'per-layer bound')
-    return jax.tree.map(
-        lambda m, b, t: jnp.asarray(value(b), t.dtype) if m else MaskedNode(),
-        mask, full, _fill_masked(template, mask))
+      return jax.tree.map(lambda t: jnp.full_like(t, v), template)
+    values = _validation.per_leaf(spec, params, name, strict=strict)
+    flat = jax.tree_util.tree_flatten_with_path(template)
+    out = []
+    for (path, t), b in zip(flat[0], values, strict=True):
+      b = jnp.asarray(value(b), t.dtype)
+      if b.ndim and b.shape != t.shape:
+        raise ValueError(
+            f'`{name}` at {_validation.path_str(path)!r} has shape {b.shape};'
+            f' it must be a scalar or have the layer axes\' shape {t.shape}.')
+      out.append(jnp.broadcast_to(b, t.shape))
+    return jax.tree.unflatten(flat[1], out)
 
   return resolve
-
-
-def _fill_masked(template: RatioTree, mask: Any) -> Any:
-  """``template``'s leaves placed on ``mask``'s structure (0.0 where masked)."""
-  leaves = iter(jax.tree.leaves(template))
-  return jax.tree.map(lambda m: next(leaves) if m else 0.0, mask)
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +277,7 @@ def dynamic_bounds(final: Any = 1.0, gamma: float = 1e-3) -> BoundPolicy:
 
 
 class RunningStatBoundsState(NamedTuple):
-  """Per-layer exponentially weighted mean and variance of the ratio."""
+  """Per-layer (per stacked layer) EW mean and variance of the ratio."""
 
   count: RatioTree  # int32 per layer: observations absorbed so far.
   mean: RatioTree  # EW mean (the first observation seeds it).
@@ -279,6 +343,9 @@ def running_stat_bounds(
     Finch, `Incremental calculation of weighted mean and variance
     <https://fanf2.user.srcf.net/hermes/doc/antiforgery/stats.pdf>`_, 2009.
   """
+  if n_std is None:
+    raise ValueError('`n_std` must be a number, schedule or per-layer tree, '
+                     'not None.')
   check_bound('n_std', n_std)
   if is_scalar_spec(n_std):
     _validation.check_positive('n_std', n_std)
@@ -295,7 +362,8 @@ def running_stat_bounds(
 
   def init(template):
     return RunningStatBoundsState(
-        count=jax.tree.map(lambda t: jnp.zeros([], jnp.int32), template),
+        count=jax.tree.map(lambda t: jnp.zeros(t.shape, jnp.int32),
+                           template),
         mean=jax.tree.map(jnp.zeros_like, template),
         var=jax.tree.map(jnp.zeros_like, template))
 

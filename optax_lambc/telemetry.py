@@ -1,24 +1,29 @@
-"""Trust-ratio telemetry: find the clipped trust-ratio state, summarise it."""
+"""Trust-ratio telemetry: find the layer-wise state, summarise it."""
 
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from optax_lambc import _validation
-from optax_lambc.trust_ratio import ScaleByClippedTrustRatioState
+from optax_lambc.layers import ScaleByClippedTrustRatioState
 
 
 class TrustRatioStats(NamedTuple):
   """Per-layer trust ratios of the last update, keyed by parameter path.
+
+  Each value is a device array of the leaf's layer-axes shape: a scalar for a
+  leaf that is one layer, ``(L,)`` for a leaf stacking L layers.
 
   Attributes:
     raw: Unclipped ratio per layer (NaN after a non-finite update).
     applied: Ratio actually applied, ``clip(raw, lower, upper)``.
     lower: Lower bound in force per layer.
     upper: Upper bound in force per layer (``inf``: none).
-    clipped_lower_fraction: Fraction of adapted layers raised to the lower
-      bound (a device scalar).
+    clipped_lower_fraction: Fraction of adapted layers (stacked slices count
+      one each) raised to the lower bound (a device scalar).
     clipped_upper_fraction: Fraction of adapted layers cut to the upper bound.
   """
 
@@ -30,12 +35,22 @@ class TrustRatioStats(NamedTuple):
   clipped_upper_fraction: jax.Array
 
   def as_metrics(self, prefix: str = 'trust_ratio') -> dict[str, jax.Array]:
-    """One flat ``{name: scalar}`` dict, ready for a metrics writer."""
+    """One flat ``{name: scalar}`` dict, ready for a metrics writer.
+
+    Keys are ``<prefix>/<field>/<path>`` for a leaf that is one layer and
+    ``<prefix>/<field>/<path>[i]`` (``[i,j]`` for two layer axes) for each
+    slice of a stacked leaf.
+    """
     out = {f'{prefix}/clipped_lower_fraction': self.clipped_lower_fraction,
            f'{prefix}/clipped_upper_fraction': self.clipped_upper_fraction}
     for field in ('raw', 'applied', 'lower', 'upper'):
       for path, value in getattr(self, field).items():
-        out[f'{prefix}/{field}/{path}'] = value
+        if not jnp.ndim(value):
+          out[f'{prefix}/{field}/{path}'] = value
+          continue
+        for index in np.ndindex(*jnp.shape(value)):
+          out[f'{prefix}/{field}/{path}[{",".join(map(str, index))}]'] = (
+              value[index])
     return out
 
 
@@ -48,7 +63,7 @@ def _by_path(tree: Any) -> dict[str, jax.Array]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def trust_ratio_stats(opt_state: Any) -> TrustRatioStats:
+def trust_ratio_stats(opt_state: optax.OptState) -> TrustRatioStats:
   """Summarises the trust ratios recorded in an optimizer state.
 
   The :class:`optax_lambc.ScaleByClippedTrustRatioState` is found anywhere in
@@ -94,13 +109,38 @@ def trust_ratio_stats(opt_state: Any) -> TrustRatioStats:
       for path, value in _by_path(tree).items():
         key = path if path not in fields[name] else f'{path}#{i}'
         fields[name][key] = value
-  raw = list(fields['raw'].values())
-  applied = list(fields['applied'].values())
-  if raw:
-    r, a = jnp.stack(raw).astype(jnp.float32), jnp.stack(applied).astype(
-        jnp.float32)
+  if fields['raw']:
+    flat = lambda d: jnp.concatenate(
+        [jnp.ravel(v).astype(jnp.float32) for v in d.values()])
+    r, a = flat(fields['raw']), flat(fields['applied'])
     low, high = jnp.mean(a > r), jnp.mean(a < r)
   else:
     low = high = jnp.zeros([], jnp.float32)
   return TrustRatioStats(**fields, clipped_lower_fraction=low,
                          clipped_upper_fraction=high)
+
+
+def nonfinite_leaves(tree: optax.Updates) -> dict[str, jax.Array]:
+  """Which leaves hold a NaN or an infinity, keyed by parameter path.
+
+  ``optax.apply_if_finite`` discards the whole inner state of a step it skips,
+  so the trust-ratio telemetry of a skipped step is never recorded. Call this
+  on the step's gradients (or updates) inside the jitted step, next to the
+  update, to learn which layers went non-finite: device bools, no host sync.
+
+  Args:
+    tree: Gradients, updates or params.
+
+  Returns:
+    ``{path: bool scalar}``, True where the leaf has a non-finite value.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> bad = optax_lambc.nonfinite_leaves(
+    ...     {'enc': jnp.array([1.0, jnp.nan]), 'head': jnp.ones(2)})
+    >>> [path for path, b in bad.items() if b]
+    ['enc']
+  """
+  return {path: ~jnp.all(jnp.isfinite(leaf))
+          for path, leaf in _by_path(tree).items()}

@@ -1,118 +1,28 @@
-"""Layer-wise trust ratio, clipped into [min_trust_ratio, max_trust_ratio]."""
+"""LAMBC's transform: the layer-wise trust ratio, clipped into bounds."""
 
 import math
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from optax import MaskedNode
 
 from optax_lambc import _validation
 from optax_lambc import bounds as bounds_lib
+from optax_lambc import layers
+from optax_lambc.layers import ScaleByClippedTrustRatioState  # noqa: F401
 
 
-class ScaleByClippedTrustRatioState(NamedTuple):
-  """State of :func:`scale_by_clipped_trust_ratio`.
-
-  Every field but ``count`` and ``policy_state`` holds one scalar per layer,
-  shaped like the params, with ``optax.MaskedNode`` where a layer is not
-  adapted. The values are those of the last update (raw and applied ratio 1,
-  bounds ``[0, inf]`` before the first).
-  """
-
-  count: jax.Array  # int32 scalar: number of updates so far.
-  raw_ratio: Any  # trust_coefficient * phi(|w|) / (|u| + eps), 1 at zero norm.
-  applied_ratio: Any  # raw ratio clipped into [lower, upper].
-  lower: Any  # lower bound in force at the last update.
-  upper: Any  # upper bound in force at the last update (inf: none).
-  policy_state: Any  # a BoundPolicy's state, or optax.EmptyState().
+def phi(param_norm: jax.Array,
+        weight_norm_bounds: tuple[float, float | None] | None) -> jax.Array:
+  """The LAMB paper's scaling function: ``|w|`` clamped into ``(lo, hi)``."""
+  if weight_norm_bounds is None:
+    return param_norm
+  lo, hi = weight_norm_bounds
+  return jnp.clip(param_norm, lo, math.inf if hi is None else hi)
 
 
-def norm_dtype(dtype: Any) -> jnp.dtype:
-  """Norms of bf16/fp16 leaves are taken in float32; float64 stays float64."""
-  dtype = jnp.dtype(dtype)
-  if jnp.issubdtype(dtype, jnp.complexfloating):
-    dtype = jnp.finfo(dtype).dtype
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def layer_norm(x: jax.Array, axis_name: Any = None) -> jax.Array:
-  """The Euclidean norm of a whole leaf, reduced over ``axis_name`` if given.
-
-  Args:
-    x: A floating-point (or complex) array.
-    axis_name: Name(s) of mapped axes (``shard_map``/``pmap``) over which the
-      leaf is sharded; the squared norms are summed across them.
-
-  Returns:
-    A scalar in :func:`norm_dtype` of ``x``.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax_lambc
-    >>> optax_lambc.layer_norm(jnp.array([[3.0], [4.0]]))
-    Array(5., dtype=float32)
-    >>> optax_lambc.layer_norm(jnp.ones(4, jnp.bfloat16)).dtype
-    dtype('float32')
-  """
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  if axis_name is None:
-    # jnp.linalg.norm reduces exactly as optax.lamb does (bit-identical).
-    return jnp.linalg.norm(x)
-  sq = jnp.sum(jnp.real(x * jnp.conj(x)))
-  return jnp.sqrt(jax.lax.psum(sq, axis_name))
-
-
-def raw_trust_ratio(param_norm: jax.Array, update_norm: jax.Array,
-                    trust_coefficient: Any = 1.0, eps: Any = 0.0,
-                    weight_norm_bounds: Any = None) -> jax.Array:
-  """``trust_coefficient * phi(|w|) / (|u| + eps)``; 1 at zero norm, NaN if |u|
-  is not finite."""
-  phi = param_norm
-  if weight_norm_bounds is not None:
-    lo, hi = weight_norm_bounds
-    phi = jnp.clip(phi, lo, math.inf if hi is None else hi)
-  ratio = trust_coefficient * phi / (update_norm + eps)
-  ratio = jnp.where((param_norm == 0) | (update_norm == 0), 1, ratio)
-  return jnp.where(jnp.isfinite(update_norm), ratio, jnp.nan).astype(
-      param_norm.dtype)
-
-
-def resolve_mask(mask: Any, params: Any, name: str = 'mask') -> Any:
-  """A tree of Python bools shaped like ``params`` (True: adapt the layer)."""
-  if mask is None:
-    return jax.tree.map(lambda _: True, params)
-  tree = mask(params) if callable(mask) else mask
-  full = _validation.broadcast_prefix(tree, params, name)
-  for path, m in jax.tree_util.tree_flatten_with_path(full)[0]:
-    if not isinstance(m, bool) and not (hasattr(m, 'dtype') and jnp.ndim(m)
-                                        == 0 and m.dtype == bool):
-      raise TypeError(f'`{name}` leaf {_validation.path_str(path)!r} must be '
-                      f'a Python bool, got {m!r}.')
-  return jax.tree.map(bool, full)
-
-
-def ratio_template(params: Any, mask: Any) -> Any:
-  """One zero scalar per adapted layer; ``MaskedNode`` elsewhere."""
-  return jax.tree.map(
-      lambda p, m: jnp.zeros([], norm_dtype(p.dtype)) if m else MaskedNode(),
-      params, mask)
-
-
-def initial_state(template: Any,
-                  policy_state: Any = None) -> ScaleByClippedTrustRatioState:
-  """The state before the first update: ratios 1, bounds ``[0, inf]``."""
-  ones = jax.tree.map(jnp.ones_like, template)
-  return ScaleByClippedTrustRatioState(
-      count=jnp.zeros([], jnp.int32), raw_ratio=ones, applied_ratio=ones,
-      lower=jax.tree.map(jnp.zeros_like, template),
-      upper=jax.tree.map(lambda t: jnp.full_like(t, jnp.inf), template),
-      policy_state=optax.EmptyState() if policy_state is None else
-      policy_state)
-
-
-def check_bounds(min_trust_ratio: Any, max_trust_ratio: Any) -> None:
+def check_bounds(min_trust_ratio: bounds_lib.BoundSpec,
+                 max_trust_ratio: bounds_lib.BoundSpec) -> None:
   """Build-time checks of the two bound arguments."""
   if isinstance(min_trust_ratio, bounds_lib.BoundPolicy):
     raise ValueError(
@@ -128,14 +38,15 @@ def check_bounds(min_trust_ratio: Any, max_trust_ratio: Any) -> None:
 
 
 def scale_by_clipped_trust_ratio(
-    min_trust_ratio: Any = 0.0,
-    max_trust_ratio: Any = 1.0,
+    min_trust_ratio: bounds_lib.BoundSpec = 0.0,
+    max_trust_ratio: bounds_lib.BoundSpec = 1.0,
     *,
-    trust_coefficient: Any = 1.0,
-    eps: Any = 0.0,
-    weight_norm_bounds: tuple[Any, Any] | None = None,
-    mask: Any = None,
-    axis_name: Any = None,
+    trust_coefficient: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 0.0,
+    weight_norm_bounds: tuple[float, float | None] | None = None,
+    mask: optax.MaskOrFn = None,
+    layer_axes: layers.LayerAxes = None,
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
   r"""Scales each layer's update by its trust ratio, clipped into bounds.
 
@@ -148,7 +59,9 @@ def scale_by_clipped_trust_ratio(
 
   with :math:`\gamma = 1` where :math:`\lVert w\rVert = 0` or
   :math:`\lVert u\rVert = 0` (a fresh zero-initialised layer still moves; the 1
-  is then clipped like any ratio, as in the LAMBC authors' code). :math:`\phi`
+  is then clipped like any ratio, as in the LAMBC authors' code). A "layer" is a
+  leaf, or each slice of a stacked leaf along its ``layer_axes`` (scanned
+  transformer blocks), see :mod:`optax_lambc.layers`. :math:`\phi`
   is the identity unless ``weight_norm_bounds=(lo, hi)`` clamps
   :math:`\lVert w\rVert` (the LAMB paper's :math:`\phi`; torch-optimizer's
   ``clamp_value``). "Clipping" here is the LAMBC/timm/DeepSpeed clamp on the
@@ -158,22 +71,10 @@ def scale_by_clipped_trust_ratio(
   The transform is optimizer-agnostic: put it after any direction (Adam, SGD
   momentum, Lion) and before the learning rate.
 
-  Decisions:
-    * The LAMBC paper's Eq. 3 writes :math:`\mu` for both bounds; we read it as
-      :math:`\text{clip}(\gamma, \text{min\_trust\_ratio},
-      \text{max\_trust\_ratio})` and recommend an upper bound of 1.0 (the
-      paper's and its authors' choice), which is the default.
-    * If a schedule makes the lower bound exceed the upper at run time, the
-      upper bound wins.
-    * Norms of bf16/fp16 leaves are computed in float32 (float64 stays
-      float64); the scaled update keeps the leaf's dtype.
-    * A non-finite update norm gives a NaN raw ratio and a NaN update: nothing
-      is silently zeroed. Wrap the optimizer in ``optax.apply_if_finite`` to
-      skip such steps. The state records the raw and applied ratios of the last
-      step, so :func:`optax_lambc.trust_ratio_stats` shows it.
-    * Every layer is adapted by default, as in ``optax.lamb``; pass ``mask``
-      (e.g. :func:`optax_lambc.exclude_bias_and_norm`) to let biases and
-      normalisation parameters pass through unscaled, as TF-Addons and timm do.
+  Every rule where the paper is ambiguous or peers differ (bound notation,
+  zero norms, NaN/Inf, precision, masks, negative bounds) is listed once, in
+  the README's "Semantics and decisions"; the per-layer rules are in
+  :mod:`optax_lambc.layers`.
 
   Args:
     min_trust_ratio: Lower bound: a number, a schedule of the step count, or a
@@ -181,12 +82,17 @@ def scale_by_clipped_trust_ratio(
     max_trust_ratio: Upper bound: ``None`` (none), a number, a schedule, a
       per-layer tree, or a :class:`optax_lambc.BoundPolicy`, which then sets
       both bounds (``min_trust_ratio`` only raises its lower bound).
-    trust_coefficient: The multiplier :math:`c` of the ratio.
+    trust_coefficient: The multiplier :math:`c` of the ratio (> 0).
     eps: Added to :math:`\lVert u\rVert` in the denominator.
     weight_norm_bounds: ``(lo, hi)`` clamping :math:`\lVert w\rVert` (``hi``
       may be None), or None for no clamp.
     mask: A tree of bools that is a prefix of the params, or a callable
-      returning one from the params; False leaves pass through unscaled.
+      returning one from the params; False leaves pass through unscaled. It is
+      applied with ``optax.masked``.
+    layer_axes: Which axes of each leaf index stacked layers: a tree prefix of
+      the params (or a callable params -> such a tree, e.g.
+      :func:`optax_lambc.layer_axes_from_flax`) of ``None`` (the whole leaf is
+      one layer, the default), an int or a tuple of ints.
     axis_name: Mapped axis name(s) over which params are *manually* sharded
       (``shard_map``, FSDP by hand), so that norms are global. Leave None under
       ``jax.jit`` with shardings (GSPMD reduces automatically) and when params
@@ -194,7 +100,8 @@ def scale_by_clipped_trust_ratio(
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
-    :class:`ScaleByClippedTrustRatioState`.
+    :class:`ScaleByClippedTrustRatioState` (inside an ``optax.MaskedState``
+    when ``mask`` is given).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -210,6 +117,16 @@ def scale_by_clipped_trust_ratio(
     >>> print(updates['w'].round(4))
     [-0.06 -0.08]
 
+    A stacked leaf holding two layers gets one ratio per layer:
+
+    >>> t = optax_lambc.scale_by_clipped_trust_ratio(
+    ...     max_trust_ratio=None, layer_axes=0)
+    >>> params = jnp.array([[3.0, 4.0], [0.3, 0.4]])   # |w| = 5 and 0.5
+    >>> u = jnp.array([[0.6, 0.8], [0.6, 0.8]])       # |u| = 1 for each
+    >>> _, s = t.update(u, t.init(params), params)
+    >>> print(s.raw_ratio)
+    [5.  0.5]
+
   References:
     Fong, Chen & Chen, `Improving Layer-wise Adaptive Rate Methods using Trust
     Ratio Clipping <https://arxiv.org/abs/2011.13584>`_, 2020.
@@ -218,7 +135,7 @@ def scale_by_clipped_trust_ratio(
     76 minutes <https://arxiv.org/abs/1904.00962>`_, ICLR 2020.
   """
   check_bounds(min_trust_ratio, max_trust_ratio)
-  _validation.check_number('trust_coefficient', trust_coefficient)
+  _validation.check_positive('trust_coefficient', trust_coefficient)
   _validation.check_number('eps', eps)
   if weight_norm_bounds is not None:
     lo, hi = weight_norm_bounds
@@ -229,54 +146,61 @@ def scale_by_clipped_trust_ratio(
                                    'weight_norm_bounds[1]')
   policy = (max_trust_ratio if isinstance(max_trust_ratio,
                                           bounds_lib.BoundPolicy) else None)
+  # Inside optax.masked the transform sees a masked view of the params, where
+  # per-layer trees may name masked-out leaves; they are checked strictly on
+  # the full params first (layers.masked_with_checks).
+  strict = mask is None
+
+  def bounds_at(count, policy_state, params, template):
+    """Lower and upper bounds in force at step ``count``, clamped at 0."""
+    resolve = bounds_lib.make_resolver(count, params, template, strict=strict)
+    lower = resolve(min_trust_ratio, 0.0, 'min_trust_ratio')
+    if policy is None:
+      upper = resolve(max_trust_ratio, math.inf, 'max_trust_ratio')
+    else:
+      p_lower, upper = policy.bounds(policy_state, count, resolve)
+      lower = jax.tree.map(jnp.maximum, lower, p_lower)
+    clamp = lambda tree: jax.tree.map(lambda b: jnp.maximum(b, 0), tree)
+    return clamp(lower), clamp(upper)
+
+  def template_of(params):
+    axes = layers.resolve_layer_axes(layer_axes, params, strict=strict)
+    return axes, layers.ratio_template(params, axes)
 
   def init_fn(params):
     _validation.check_float_leaves(params, 'params')
-    template = ratio_template(params, resolve_mask(mask, params))
-    return initial_state(template, policy.init(template) if policy else None)
+    _, template = template_of(params)
+    policy_state = policy.init(template) if policy else None
+    count = jnp.zeros([], jnp.int32)
+    lower, upper = bounds_at(count, policy_state, params, template)
+    return layers.initial_state(template, lower, upper, policy_state)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(_validation.NO_PARAMS_MSG)
     _validation.check_updates_and_params(updates, params)
-    adapt = resolve_mask(mask, params)
-    template = ratio_template(params, adapt)
-    resolve = bounds_lib.make_resolver(state.count, params, adapt, template)
-    lower = resolve(min_trust_ratio, 0.0)
-    if policy is None:
-      upper = resolve(max_trust_ratio, math.inf)
-    else:
-      p_lower, upper = policy.bounds(state.policy_state, state.count, resolve)
-      lower = jax.tree.map(jnp.maximum, lower, p_lower)
+    axes, template = template_of(params)
+    lower, upper = bounds_at(state.count, state.policy_state, params,
+                             template)
 
-    # Flat lists over the adapted layers, in params order.
-    flat_u, treedef = jax.tree.flatten(updates)
-    flat_p = treedef.flatten_up_to(params)
-    flat_m = treedef.flatten_up_to(adapt)
-    lo_l, hi_l = jax.tree.leaves(lower), jax.tree.leaves(upper)
-    raw_l, app_l, out = [], [], []
-    for u, p, m in zip(flat_u, flat_p, flat_m, strict=True):
-      if not m:
-        out.append(u)
-        continue
-      raw = raw_trust_ratio(layer_norm(p, axis_name), layer_norm(u, axis_name),
-                            trust_coefficient, eps, weight_norm_bounds)
-      i = len(raw_l)
-      applied = jnp.minimum(jnp.maximum(raw, lo_l[i]), hi_l[i])
-      raw_l.append(raw)
-      app_l.append(applied)
-      out.append((u * applied).astype(u.dtype))
+    def raw_fn(u, p, ax, i):
+      del i
+      w_norm = layers.leaf_norm(p, ax, axis_name)
+      u_norm = layers.leaf_norm(u, ax, axis_name)
+      num = trust_coefficient * phi(w_norm, weight_norm_bounds)
+      return layers.trust_ratio(num, u_norm + eps, w_norm, u_norm), u
 
-    t_def = jax.tree.structure(template)
-    raw_tree = jax.tree.unflatten(t_def, raw_l)
-    applied_tree = jax.tree.unflatten(t_def, app_l)
-    policy_state = (policy.update(raw_tree, applied_tree, state.policy_state,
+    out, raw, applied = layers.scale_layers(raw_fn, updates, params, axes,
+                                            lower, upper)
+    policy_state = (policy.update(raw, applied, state.policy_state,
                                   state.count)
                     if policy else state.policy_state)
-    new_state = ScaleByClippedTrustRatioState(
-        count=optax.safe_increment(state.count),
-        raw_ratio=raw_tree, applied_ratio=applied_tree,
-        lower=lower, upper=upper, policy_state=policy_state)
-    return jax.tree.unflatten(treedef, out), new_state
+    return out, ScaleByClippedTrustRatioState(
+        count=optax.safe_increment(state.count), raw_ratio=raw,
+        applied_ratio=applied, lower=lower, upper=upper,
+        policy_state=policy_state)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return layers.masked_with_checks(
+      optax.GradientTransformation(init_fn, update_fn), mask, 'mask',
+      layer_axes, {'min_trust_ratio': min_trust_ratio,
+                   'max_trust_ratio': max_trust_ratio})

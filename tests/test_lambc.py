@@ -68,7 +68,7 @@ def test_matches_numpy_reference_options(case):
   kw, rkw = {}, {}
   if case == 'masks':
     kw = dict(weight_decay=1e-2,
-              weight_decay_mask=optax_lambc.exclude_bias_and_norm,
+              mask=optax_lambc.exclude_bias_and_norm,
               trust_ratio_mask=optax_lambc.exclude_bias_and_norm)
     mask = [x.ndim > 1 for x in leaves]
     rkw = dict(weight_decay=1e-2, weight_decay_mask=mask,

@@ -40,7 +40,8 @@ def test_mask_leaves_pass_through():
   u, s = t.update(grads, t.init(params), params)
   np.testing.assert_array_equal(np.asarray(u['b']), 1.0)
   np.testing.assert_array_equal(np.asarray(u['w']), 3.0)
-  assert isinstance(s.raw_ratio['b'], optax.MaskedNode)
+  # The mask is optax.masked: the state sits inside its MaskedState.
+  assert isinstance(s.inner_state.raw_ratio['b'], optax.MaskedNode)
 
 
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
@@ -145,7 +146,6 @@ def test_per_layer_bounds_property(per_layer, scale):
     (dict(min_trust_ratio=math.nan), 'min_trust_ratio.*NaN'),
     (dict(min_trust_ratio=None), 'min_trust_ratio'),
     (dict(max_trust_ratio={'a': -1.0}), r"max_trust_ratio\[a\]"),
-    (dict(max_trust_ratio={'a': np.ones(3)}), "max_trust_ratio.*'a'"),
     (dict(trust_coefficient=-1.0), 'trust_coefficient'),
     (dict(eps=-1e-3), 'eps'),
     (dict(weight_norm_bounds=(1.0, 0.5)), 'weight_norm_bounds'),
@@ -201,12 +201,12 @@ def test_mismatched_structures_name_both():
 def test_per_layer_bound_not_a_prefix_names_structures():
   params = {'a': jnp.ones(2), 'b': jnp.ones(2)}
   t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio={'z': 1.0})
-  with pytest.raises(ValueError, match='per-layer bound.*tree prefix'):
+  with pytest.raises(ValueError, match='`max_trust_ratio` has no entry'):
     t.update(params, t.init(params), params)
 
 
 def test_non_bool_mask_names_the_path():
   params = {'a': jnp.ones(2)}
   t = optax_lambc.scale_by_clipped_trust_ratio(mask={'a': 1.5})
-  with pytest.raises(TypeError, match="`mask` leaf 'a'"):
+  with pytest.raises(TypeError, match="`mask` at 'a'"):
     t.init(params)

@@ -58,11 +58,11 @@ def create_optimizer(config: Config, schedule: optax.Schedule,
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay,
         min_trust_ratio=config.min_trust_ratio, max_trust_ratio=_bounds(config),
-        weight_decay_mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
+        mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
   if name == 'lamb':  # LAMB = LAMBC without an upper bound, same masks
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay, max_trust_ratio=None,
-        weight_decay_mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
+        mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
   if name == 'sgd':
