@@ -5,7 +5,14 @@ flattened leaves, in the same order as the JAX pytree). Arithmetic happens in
 each leaf's own dtype, with norms in at least float32, as the library promises.
 
 A bound is None, a number, a function of the step count (0 on the first
-update), or a list with one such value per leaf.
+update), or a list with one such value per leaf (for a stacked leaf, a value
+may also be an array with one entry per stacked layer).
+
+Stacked layers: ``layer_axes`` gives, per leaf, a tuple of the axes that index
+layers. Such a leaf is cut into its layers explicitly (the layer axes moved to
+the front, one row per layer) and each row is treated exactly as a whole leaf
+would be; every per-layer quantity is a flat list over all layers, leaf by
+leaf, in row-major order of the layer axes.
 """
 
 import math
@@ -43,6 +50,29 @@ def raw_ratio(w, u, trust_coefficient=1.0, eps=0.0, weight_norm_bounds=None):
     lo, hi = weight_norm_bounds
     phi = min(max(phi, lo), math.inf if hi is None else hi)
   return _norm_dtype(w.dtype).type(trust_coefficient * phi / (un + eps))
+
+
+def _rows(x, axes):
+  """The layers of a leaf: (n_layers, rest) rows, and how to put them back."""
+  k = len(axes)
+  moved = np.moveaxis(x, axes, tuple(range(k)))
+  lead = moved.shape[:k]
+  rows = moved.reshape((int(np.prod(lead)),) + moved.shape[k:])
+
+  def back(r):
+    return np.moveaxis(r.reshape(moved.shape), tuple(range(k)), axes)
+
+  return rows, lead, back
+
+
+def _per_layer(values, leaves, axes):
+  """Per-leaf values (scalars or per-layer arrays) as one flat per-layer list."""
+  out = []
+  for v, p, ax in zip(values, leaves, axes, strict=True):
+    lead = tuple(p.shape[a] for a in ax)
+    out.extend(np.broadcast_to(np.asarray(v, np.float64), lead).ravel()
+               .tolist())
+  return out
 
 
 class DynamicBounds:
@@ -105,14 +135,15 @@ class Lambc:
   """LAMBC on a list of leaves; ``step(grads, params)`` returns new params.
 
   After each step ``self.raw``, ``self.applied``, ``self.lower`` and
-  ``self.upper`` hold per-adapted-leaf values.
+  ``self.upper`` hold flat per-layer lists over the adapted leaves.
   """
 
   def __init__(self, params, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
                eps_root=0.0, weight_decay=0.0, min_trust_ratio=0.0,
                max_trust_ratio=1.0, weight_decay_mask=None,
                trust_ratio_mask=None, bias_correction=True,
-               trust_coefficient=1.0, weight_norm_bounds=None, policy=None):
+               trust_coefficient=1.0, weight_norm_bounds=None, policy=None,
+               layer_axes=None):
     n = len(params)
     self.lr, self.b1, self.b2, self.eps, self.eps_root = (
         learning_rate, b1, b2, eps, eps_root)
@@ -120,6 +151,7 @@ class Lambc:
     self.min, self.max, self.policy = min_trust_ratio, max_trust_ratio, policy
     self.wd_mask = weight_decay_mask or [True] * n
     self.tr_mask = trust_ratio_mask or [True] * n
+    self.axes = layer_axes or [()] * n
     self.bias_correction = bias_correction
     self.tc, self.wnb = trust_coefficient, weight_norm_bounds
     self.m = [np.zeros_like(p) for p in params]
@@ -129,15 +161,19 @@ class Lambc:
   def step(self, grads, params):
     t, n = self.count + 1, len(params)
     adapted = [i for i in range(n) if self.tr_mask[i]]
+    a_leaves = [params[i] for i in adapted]
+    a_axes = [self.axes[i] for i in adapted]
     lower = _bound_values(self.min, self.count, n, 0.0)
-    lower = [lower[i] for i in adapted]
+    lower = _per_layer([lower[i] for i in adapted], a_leaves, a_axes)
     if self.policy is not None:
-      p_lo, upper = self.policy.bounds(self.count, len(adapted),
+      p_lo, upper = self.policy.bounds(self.count, len(lower),
                                        params[0].dtype)
       lower = [max(a, b) for a, b in zip(lower, p_lo, strict=True)]
     else:
       upper = _bound_values(self.max, self.count, n, math.inf)
-      upper = [upper[i] for i in adapted]
+      upper = _per_layer([upper[i] for i in adapted], a_leaves, a_axes)
+    lower = [max(x, 0.0) for x in lower]  # bounds are clamped at 0
+    upper = [max(x, 0.0) for x in upper]
     lr = self.lr(self.count) if callable(self.lr) else self.lr
     wd = self.wd(self.count) if callable(self.wd) else self.wd
     new_params, self.raw, self.applied = [], [], []
@@ -155,13 +191,18 @@ class Lambc:
       if self.wd_mask[i]:
         u = u + dt(wd) * p
       if self.tr_mask[i]:
-        j = len(self.raw)
-        r = raw_ratio(p, u, self.tc, 0.0, self.wnb)
-        a = r if np.isnan(r) else min(max(r, lower[j]), upper[j])
-        a = _norm_dtype(p.dtype).type(a)
-        self.raw.append(r)
-        self.applied.append(a)
-        u = (u * a).astype(p.dtype)
+        w_rows, _, _ = _rows(p, self.axes[i])
+        u_rows, _, back = _rows(u, self.axes[i])
+        scaled = []
+        for w_row, u_row in zip(w_rows, u_rows, strict=True):
+          j = len(self.raw)
+          r = raw_ratio(w_row, u_row, self.tc, 0.0, self.wnb)
+          a = r if np.isnan(r) else min(max(r, lower[j]), upper[j])
+          a = _norm_dtype(p.dtype).type(a)
+          self.raw.append(r)
+          self.applied.append(a)
+          scaled.append((u_row * a).astype(p.dtype))
+        u = back(np.stack(scaled))
       new_params.append((p - dt(lr) * u).astype(p.dtype))
     if self.policy is not None:
       self.policy.absorb(self.raw, self.applied)
@@ -171,24 +212,32 @@ class Lambc:
 
 
 def larc(params, learning_rate, momentum=0.9, weight_decay=0.0,
-         trust_coefficient=0.001, clip=True, eps=1e-8, nesterov=False):
+         trust_coefficient=0.001, clip=True, eps=1e-8, nesterov=False,
+         layer_axes=None):
   """Returns a ``step(grads, params) -> params`` closure for LARC."""
   buf = [np.zeros_like(p) for p in params]
   count = [0]
+  axes = layer_axes or [()] * len(params)
 
   def step(grads, params):
     lr = learning_rate(count[0]) if callable(learning_rate) else learning_rate
+    wd = weight_decay(count[0]) if callable(weight_decay) else weight_decay
     out = []
     for i, (g, p) in enumerate(zip(grads, params, strict=True)):
       dt = p.dtype.type
-      wn, gn = _norm(p), _norm(g)
-      if wn == 0 or gn == 0:
-        local = 1.0
-      else:
-        local = trust_coefficient * wn / (gn + weight_decay * wn + eps)
-      scale = min(local / lr, 1.0) if clip else local
-      d = (g + dt(weight_decay) * p) * _norm_dtype(p.dtype).type(scale)
-      d = d.astype(p.dtype)
+      g_rows, _, back = _rows(g, axes[i])
+      w_rows, _, _ = _rows(p, axes[i])
+      rows = []
+      for g_row, w_row in zip(g_rows, w_rows, strict=True):
+        wn, gn = _norm(w_row), _norm(g_row)
+        if wn == 0 or gn == 0:
+          local = 1.0
+        else:
+          local = trust_coefficient * wn / (gn + wd * wn + eps)
+        scale = min(local / lr, 1.0) if clip else local
+        rows.append(((g_row + dt(wd) * w_row) *
+                     _norm_dtype(p.dtype).type(scale)).astype(p.dtype))
+      d = back(np.stack(rows))
       buf[i] = dt(momentum) * buf[i] + d
       step_dir = d + dt(momentum) * buf[i] if nesterov else buf[i]
       out.append((p - dt(lr) * step_dir).astype(p.dtype))
