@@ -148,24 +148,29 @@ def per_leaf(prefix: Any, tree: Any, name: str, *,
   """
   entries = {tuple(map(_key, path)): value for path, value in
              jax.tree_util.tree_flatten_with_path(prefix, is_leaf=is_leaf)[0]}
-  used, out = set(), []
+  used, out, missing = set(), [], []
   for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
     keys = tuple(map(_key, path))
     match = next((keys[:n] for n in range(len(keys), -1, -1)
                   if keys[:n] in entries), None)
     if match is None:
-      raise ValueError(
-          f'`{name}` has no entry for the params leaf {path_str(path)!r}; it '
-          'must be a tree prefix of the params (matched by key path).')
+      missing.append(path_str(path))
+      continue
     used.add(match)
     out.append(entries[match])
   unused = [k for k in entries if k not in used]
   if strict and unused:
-    example = [path_str(p) for p, _ in
-               jax.tree_util.tree_flatten_with_path(tree)[0][:3]]
+    hint = (f'; no entry covers {missing[0]!r}' if missing else
+            '; params paths look like ' + repr([
+                path_str(p) for p, _ in
+                jax.tree_util.tree_flatten_with_path(tree)[0][:3]]))
     raise ValueError(
         f'`{name}` entry {"/".join(unused[0]) or "<root>"!r} matches no '
-        f'params leaf (a typo?); params paths look like {example}.')
+        f'params leaf (a typo?){hint}.')
+  if missing:
+    raise ValueError(
+        f'`{name}` has no entry for the params leaf {missing[0]!r}; it must '
+        'be a tree prefix of the params (matched by key path).')
   return out
 
 

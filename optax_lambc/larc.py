@@ -83,6 +83,8 @@ def scale_by_larc_trust_ratio(
 
   def init_fn(params):
     _validation.check_float_leaves(params, 'params')
+    if strict:  # else checked on the full params by masked_with_checks
+      _validation.checked_mask(decay_mask, 'weight_decay_mask')(params)
     axes = layers.resolve_layer_axes(layer_axes, params, strict=strict)
     template = layers.ratio_template(params, axes)
     return layers.initial_state(
