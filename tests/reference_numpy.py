@@ -66,7 +66,7 @@ def _rows(x, axes):
 
 
 def _per_layer(values, leaves, axes):
-  """Per-leaf values (scalars or per-layer arrays) as one flat per-layer list."""
+  """Per-leaf values (scalars or per-layer arrays) as a flat per-layer list."""
   out = []
   for v, p, ax in zip(values, leaves, axes, strict=True):
     lead = tuple(p.shape[a] for a in ax)

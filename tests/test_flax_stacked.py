@@ -1,0 +1,194 @@
+"""Real Flax models with scanned blocks: the metadata helper and one step.
+
+An NNX model whose blocks are built with ``nnx.vmap`` and run with ``nnx.scan``
+(and a linen ``nn.scan`` model) carry the 'layers' partition name; the helper
+must find the right axes, and one LAMBC step on the stacked model must equal
+the step on the same model unrolled (one leaf per block).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import optax_lambc
+
+D, L = 8, 4
+SCALES = [20.0, 1.0, 0.05, 1.0]  # per-block fc1 scales: ratios differ a lot
+
+
+class Block(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs, annotate_norm: bool = True):
+    meta = lambda *names: {'out_sharding': names}
+    norm_meta = dict(scale_metadata=meta(None), bias_metadata=meta(None)
+                     ) if annotate_norm else {}
+    self.norm = nnx.LayerNorm(D, rngs=rngs, **norm_meta)
+    self.fc1 = nnx.Linear(D, 2 * D, rngs=rngs, kernel_metadata=meta(
+        None, None), bias_metadata=meta(None))
+    self.fc2 = nnx.Linear(2 * D, D, rngs=rngs, kernel_metadata=meta(
+        None, None), bias_metadata=meta(None))
+
+  def __call__(self, x):
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm(x))))
+
+
+class Model(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs, annotate_norm: bool = True):
+
+    @nnx.split_rngs(splits=L)
+    @nnx.vmap(in_axes=(0,), out_axes=0,
+              transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make(rngs):
+      return Block(rngs, annotate_norm)
+
+    self.blocks = make(rngs)
+    self.head = nnx.Linear(D, 3, rngs=rngs)
+
+  def __call__(self, x):
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def body(x, block):
+      return block(x)
+
+    return self.head(body(x, self.blocks))
+
+
+def _model(**kw) -> Model:
+  with nnx.use_eager_sharding(False):
+    model = Model(nnx.Rngs(0), **kw)
+  kernel = model.blocks.fc1.kernel
+  kernel[...] = kernel[...] * jnp.asarray(SCALES)[:, None, None]
+  return model
+
+
+def _loss(model, x, y):
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.normal(size=(16, D)), jnp.float32),
+          jnp.asarray(rng.integers(0, 3, size=16)))
+
+
+def test_helper_reads_nnx_scan_metadata():
+  axes = optax_lambc.layer_axes_from_flax(_model())
+  assert axes['blocks']['fc1'] == {'kernel': (0,), 'bias': (0,)}
+  assert axes['blocks']['norm'] == {'scale': (0,), 'bias': (0,)}
+  assert axes['head'] == {'kernel': None, 'bias': None}
+  # The same from the Param state.
+  state_axes = optax_lambc.layer_axes_from_flax(nnx.state(_model(), nnx.Param))
+  assert state_axes == axes
+
+
+def test_nnx_step_equals_unrolled_step():
+  model = _model()
+  axes = optax_lambc.layer_axes_from_flax(model)
+  x, y = _data()
+  grads = nnx.grad(_loss)(model, x, y)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  g_pure = nnx.to_pure_dict(grads)
+
+  # Stacked: through nnx.Optimizer, which hands optax an nnx.State of
+  # Variables; the pure-dict layer_axes tree matches it by key path.
+  mask = lambda p: optax_lambc.exclude_bias_and_norm(p, layer_axes=axes)
+  tx = optax_lambc.lambc(0.1, weight_decay=1e-2, mask=mask,
+                         trust_ratio_mask=mask, layer_axes=axes)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  optimizer.update(model, grads)
+  stacked_after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  # Unrolled: one leaf per block, plain per-leaf ratios.
+  def unroll(tree):
+    out = {f'block{i}': jax.tree.map(lambda a, i=i: a[i], tree['blocks'])
+           for i in range(L)}
+    out['head'] = tree['head']
+    return out
+
+  tx_u = optax_lambc.lambc(0.1, weight_decay=1e-2,
+                           mask=optax_lambc.exclude_bias_and_norm,
+                           trust_ratio_mask=optax_lambc.exclude_bias_and_norm)
+  p_u = unroll(params)
+  updates, state_u = tx_u.update(unroll(g_pure), tx_u.init(p_u), p_u)
+  unrolled_after = optax.apply_updates(p_u, updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               unroll(stacked_after), unrolled_after)
+
+  # Telemetry: one entry per block for each stacked kernel; the clip binds on
+  # the x20 block only, which a per-leaf ratio over the stack would miss.
+  stats = optax_lambc.trust_ratio_stats(optimizer.opt_state)
+  raw = np.asarray(stats.raw['blocks/fc1/kernel/value'])
+  assert raw.shape == (L,)
+  stats_u = optax_lambc.trust_ratio_stats(state_u)
+  np.testing.assert_allclose(
+      raw, [float(stats_u.raw[f'block{i}/fc1/kernel']) for i in range(L)],
+      rtol=1e-5)
+  assert raw[0] > 1.0 > raw[2]
+
+
+def test_helper_rejects_unannotated_params_in_a_stack():
+  with pytest.raises(ValueError, match="'blocks/norm/(bias|scale)' has no "
+                     'partition names'):
+    optax_lambc.layer_axes_from_flax(_model(annotate_norm=False))
+
+
+def test_helper_says_when_there_is_no_layer_annotation():
+  plain = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="No parameter carries the partition "
+                     "name 'layers'"):
+    optax_lambc.layer_axes_from_flax(plain)
+
+
+class LinenBlock(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, _):
+    dense = nn.Dense(D, kernel_init=nn.with_partitioning(
+        nn.initializers.lecun_normal(), (None, None)),
+                     bias_init=nn.with_partitioning(nn.initializers.zeros,
+                                                    (None,)))
+    return x + jnp.tanh(dense(x)), None
+
+
+class LinenModel(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    stack = nn.scan(LinenBlock, variable_axes={'params': 0},
+                    split_rngs={'params': True}, length=L,
+                    metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = stack(name='blocks')(x, None)
+    return nn.Dense(3, name='head')(x)
+
+
+def test_linen_scan_step_equals_unrolled_step():
+  x, y = _data()
+  boxed = LinenModel().init(jax.random.key(0), x)
+  axes = optax_lambc.layer_axes_from_flax(boxed)
+  assert axes['params']['blocks']['Dense_0'] == {'kernel': (0,), 'bias': (0,)}
+  assert axes['params']['head']['kernel'] is None
+  params = nn.unbox(boxed)['params']
+
+  def loss(p):
+    logits = LinenModel().apply({'params': p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  grads = jax.grad(loss)(params)
+  tx = optax_lambc.lambc(0.1, layer_axes=axes['params'])
+  up_s, _ = tx.update(grads, tx.init(params), params)
+
+  unroll = lambda t: {**{f'b{i}': jax.tree.map(lambda a, i=i: a[i],
+                                                t['blocks'])
+                         for i in range(L)}, 'head': t['head']}
+  tx_u = optax_lambc.lambc(0.1)
+  up_u, _ = tx_u.update(unroll(grads), tx_u.init(unroll(params)),
+                        unroll(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-8),
+               unroll(up_s), up_u)
