@@ -62,3 +62,13 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
     np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6,
                                err_msg=k)
+
+
+def test_stacked_layers_sharded_equal_one_device():
+  out = subprocess.run([sys.executable, os.path.join(
+      SCRIPTS, 'stacked_sharding_check.py')], capture_output=True, text=True,
+                       env=_env(), timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert 'jit, layer axis sharded: 3 steps equal one device' in out.stdout
+  assert 'jit, inner axis sharded: 3 steps equal one device' in out.stdout
+  assert 'shard_map, inner axis sharded with axis_name' in out.stdout
