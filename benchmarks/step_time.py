@@ -78,6 +78,21 @@ def bert_base_shapes(layers=12, d=768, ff=3072, vocab=30522) -> dict:
   return tree
 
 
+def bert_base_stacked_shapes(layers=12, d=768, ff=3072, vocab=30522) -> dict:
+  """BERT-base with its 12 blocks stacked in one leaf per weight (nnx.scan)."""
+  tree = bert_base_shapes(0, d, ff, vocab)
+  stack = lambda shapes: jax.tree.map(
+      lambda s: (layers,) + s, shapes,
+      is_leaf=lambda x: isinstance(x, tuple))
+  tree['layers'] = stack(bert_base_shapes(1, d, ff, vocab)['layer0'])
+  return tree
+
+
+# Trees whose 'layers' sub-tree stacks layers on axis 0: lambc then also runs
+# per slice (one trust ratio per stacked layer).
+STACKED = {'bert_base_stacked': {'layers': 0}, 'tiny_stacked': {'layers': 0}}
+
+
 def deep_shapes(n=1000) -> dict:
   return {f'layer{i:04d}': (32, 32) if i % 2 == 0 else (32,)
           for i in range(n)}
@@ -88,8 +103,11 @@ TREES: dict[str, Callable[[], dict]] = {
     'resnet50': lambda: resnet_shapes((3, 4, 6, 3), 'bottleneck', cifar=False,
                                       num_classes=1000),
     'bert_base': bert_base_shapes,
+    'bert_base_stacked': bert_base_stacked_shapes,
     'deep1000': deep_shapes,
     'tiny': lambda: {'a': {'kernel': (8, 8), 'bias': (8,)}, 'b': (3, 3, 2, 4)},
+    'tiny_stacked': lambda: {'layers': {'kernel': (3, 8, 8), 'bias': (3, 8)},
+                             'head': (8, 2)},
 }
 
 
@@ -106,8 +124,9 @@ def make_params(shapes: dict, seed: int = 0) -> dict:
 # Optimizers under test.
 
 
-def optimizers(lr=1e-3, wd=1e-2) -> dict:
-  return {
+def optimizers(lr=1e-3, wd=1e-2, layer_axes=None) -> dict:
+  """name -> (optimizer, read telemetry in the step)."""
+  opts = {
       'adamw': (optax.adamw(lr, weight_decay=wd), False),
       'optax.lamb': (optax.lamb(lr, weight_decay=wd), False),
       'lambc(max=None)': (optax_lambc.lambc(lr, weight_decay=wd,
@@ -115,6 +134,11 @@ def optimizers(lr=1e-3, wd=1e-2) -> dict:
       'lambc': (optax_lambc.lambc(lr, weight_decay=wd, max_trust_ratio=1.0),
                 True),
   }
+  if layer_axes is not None:
+    full = lambda params: {k: layer_axes.get(k) for k in params}
+    opts['lambc(per-slice)'] = (optax_lambc.lambc(
+        lr, weight_decay=wd, max_trust_ratio=1.0, layer_axes=full), True)
+  return opts
 
 
 def make_step(opt, telemetry: bool, donate: bool):
@@ -156,7 +180,7 @@ def bench_tree(name: str, runs: int, warmup: int) -> dict:
   grads = jax.tree.map(lambda p: p * 0.1 + 0.01, params0)
   p_bytes = tree_bytes(params0)
   n_leaves = len(jax.tree.leaves(params0))
-  opts = optimizers()
+  opts = optimizers(layer_axes=STACKED.get(name))
   result = {'tree': name, 'params': sum(x.size for x in
                                         jax.tree.leaves(params0)),
             'leaves': n_leaves, 'param_bytes': p_bytes, 'modes': {}}
@@ -222,7 +246,9 @@ def print_result(r: dict) -> None:
 
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--trees', default='resnet18,resnet50,bert_base,deep1000')
+  parser.add_argument(
+      '--trees',
+      default='resnet18,resnet50,bert_base,bert_base_stacked,deep1000')
   parser.add_argument('--runs', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--json', default=None, help='write results here')
@@ -230,7 +256,7 @@ def main(argv=None) -> list[dict]:
                       help='the tiny tree, 3 runs: a smoke test')
   args = parser.parse_args(argv)
   if args.tiny:
-    args.trees, args.runs, args.warmup = 'tiny', 3, 1
+    args.trees, args.runs, args.warmup = 'tiny,tiny_stacked', 3, 1
   print(f'jax {jax.__version__}, optax {optax.__version__}, '
         f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}, '
         f'{platform.processor() or platform.machine()}, '

@@ -123,3 +123,14 @@ def test_plot_command_writes_curves_and_heatmaps(tmp_path):
   for name in ('accuracy.png', 'trust_ratio_raw.png',
                'trust_ratio_applied.png'):
     assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_stacked_layers_demo_shows_the_problem_and_the_fix():
+  from examples import stacked_layers  # pylint: disable=g-import-not-at-top
+  out = stacked_layers.main()
+  assert out['per leaf']['ratios'] < out['layer_axes']['ratios'] == out[
+      'unrolled']['ratios']
+  assert max(out['per leaf']['drift']) > 1.0  # a block ends far off
+  assert max(out['layer_axes']['drift']) < 1e-5
+  np.testing.assert_allclose(out['layer_axes']['fc1_raw'],
+                             out['unrolled']['fc1_raw'], rtol=1e-4)

@@ -15,52 +15,15 @@ from flax import linen as nn
 from flax import nnx
 
 import optax_lambc
+from examples.lib.models import StackedResidualMLP
 
 D, L = 8, 4
 SCALES = [20.0, 1.0, 0.05, 1.0]  # per-block fc1 scales: ratios differ a lot
 
 
-class Block(nnx.Module):
-
-  def __init__(self, rngs: nnx.Rngs, annotate_norm: bool = True):
-    meta = lambda *names: {'out_sharding': names}
-    norm_meta = dict(scale_metadata=meta(None), bias_metadata=meta(None)
-                     ) if annotate_norm else {}
-    self.norm = nnx.LayerNorm(D, rngs=rngs, **norm_meta)
-    self.fc1 = nnx.Linear(D, 2 * D, rngs=rngs, kernel_metadata=meta(
-        None, None), bias_metadata=meta(None))
-    self.fc2 = nnx.Linear(2 * D, D, rngs=rngs, kernel_metadata=meta(
-        None, None), bias_metadata=meta(None))
-
-  def __call__(self, x):
-    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm(x))))
-
-
-class Model(nnx.Module):
-
-  def __init__(self, rngs: nnx.Rngs, annotate_norm: bool = True):
-
-    @nnx.split_rngs(splits=L)
-    @nnx.vmap(in_axes=(0,), out_axes=0,
-              transform_metadata={nnx.PARTITION_NAME: 'layers'})
-    def make(rngs):
-      return Block(rngs, annotate_norm)
-
-    self.blocks = make(rngs)
-    self.head = nnx.Linear(D, 3, rngs=rngs)
-
-  def __call__(self, x):
-
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-    def body(x, block):
-      return block(x)
-
-    return self.head(body(x, self.blocks))
-
-
-def _model(**kw) -> Model:
+def _model(**kw) -> StackedResidualMLP:
   with nnx.use_eager_sharding(False):
-    model = Model(nnx.Rngs(0), **kw)
+    model = StackedResidualMLP(D, L, 3, nnx.Rngs(0), **kw)
   kernel = model.blocks.fc1.kernel
   kernel[...] = kernel[...] * jnp.asarray(SCALES)[:, None, None]
   return model

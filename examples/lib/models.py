@@ -1,4 +1,6 @@
-"""Flax NNX models: CIFAR and 64x64 ResNets, and small nets for the demo."""
+"""Flax NNX models: CIFAR and 64x64 ResNets, small nets for the demo, and a
+residual MLP whose blocks are stacked and scanned (the layout of scanned
+transformers)."""
 
 from collections.abc import Callable
 from functools import partial
@@ -82,6 +84,55 @@ class SmallCNN(nnx.Module):
     x = nnx.relu(self.conv2(x))
     x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
     return self.head(x)
+
+
+def _names(*names) -> dict:
+  return {'out_sharding': names}
+
+
+class ResidualBlock(nnx.Module):
+  """Pre-norm residual MLP block: ``x + fc2(gelu(fc1(norm(x))))``.
+
+  Every param carries partition names, so that ``nnx.vmap`` with
+  ``transform_metadata`` records the layer axis on each of them.
+  """
+
+  def __init__(self, d: int, rngs: nnx.Rngs, annotate_norm: bool = True):
+    norm_meta = dict(scale_metadata=_names(None), bias_metadata=_names(None)
+                     ) if annotate_norm else {}
+    self.norm = nnx.LayerNorm(d, rngs=rngs, **norm_meta)
+    self.fc1 = nnx.Linear(d, 2 * d, rngs=rngs, kernel_metadata=_names(
+        None, None), bias_metadata=_names(None))
+    self.fc2 = nnx.Linear(2 * d, d, rngs=rngs, kernel_metadata=_names(
+        None, None), bias_metadata=_names(None))
+
+  def __call__(self, x):
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm(x))))
+
+
+class StackedResidualMLP(nnx.Module):
+  """``layers`` ResidualBlocks stacked in one module (leading axis 'layers',
+  built with ``nnx.vmap``) and run with ``nnx.scan``, then a linear head."""
+
+  def __init__(self, d: int, layers: int, num_classes: int, rngs: nnx.Rngs,
+               annotate_norm: bool = True):
+
+    @nnx.split_rngs(splits=layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0,
+              transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make(rngs):
+      return ResidualBlock(d, rngs, annotate_norm)
+
+    self.blocks = make(rngs)
+    self.head = nnx.Linear(d, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def body(x, block):
+      return block(x)
+
+    return self.head(body(x, self.blocks))
 
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
