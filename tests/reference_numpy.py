@@ -135,7 +135,10 @@ class Lambc:
   """LAMBC on a list of leaves; ``step(grads, params)`` returns new params.
 
   After each step ``self.raw``, ``self.applied``, ``self.lower`` and
-  ``self.upper`` hold flat per-layer lists over the adapted leaves.
+  ``self.upper`` hold flat per-layer lists over the adapted leaves, and
+  ``self.cond`` each layer's condition number ``(|r| + wd |w|) / |u|``: where
+  the Adam step r nearly cancels the decay (u = r + wd w small), rounding in r
+  is magnified by that factor in the ratio, so comparisons must allow it.
   """
 
   def __init__(self, params, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
@@ -176,7 +179,7 @@ class Lambc:
     upper = [max(x, 0.0) for x in upper]
     lr = self.lr(self.count) if callable(self.lr) else self.lr
     wd = self.wd(self.count) if callable(self.wd) else self.wd
-    new_params, self.raw, self.applied = [], [], []
+    new_params, self.raw, self.applied, self.cond = [], [], [], []
     for i, (g, p) in enumerate(zip(grads, params, strict=True)):
       dt = p.dtype.type
       self.m[i] = dt(self.b1) * self.m[i] + dt(1 - self.b1) * g
@@ -187,14 +190,18 @@ class Lambc:
         v_hat = self.v[i] / (dt(1) - dt(self.b2) ** dt(t))
       else:
         m_hat, v_hat = self.m[i], self.v[i]
-      u = m_hat / (np.sqrt(v_hat + dt(self.eps_root)) + dt(self.eps))
-      if self.wd_mask[i]:
-        u = u + dt(wd) * p
+      r = m_hat / (np.sqrt(v_hat + dt(self.eps_root)) + dt(self.eps))
+      decay = dt(wd) if self.wd_mask[i] else dt(0)
+      u = r + decay * p if self.wd_mask[i] else r
       if self.tr_mask[i]:
         w_rows, _, _ = _rows(p, self.axes[i])
         u_rows, _, back = _rows(u, self.axes[i])
+        r_rows, _, _ = _rows(r, self.axes[i])
         scaled = []
-        for w_row, u_row in zip(w_rows, u_rows, strict=True):
+        for w_row, u_row, r_row in zip(w_rows, u_rows, r_rows, strict=True):
+          un = _norm(u_row)
+          self.cond.append(float((_norm(r_row) + decay * _norm(w_row)) / un)
+                           if un > 0 else 1.0)
           j = len(self.raw)
           r = raw_ratio(w_row, u_row, self.tc, 0.0, self.wnb)
           a = r if np.isnan(r) else min(max(r, lower[j]), upper[j])

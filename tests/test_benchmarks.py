@@ -16,8 +16,11 @@ def test_step_time_benchmark_runs_on_tiny_tree(tmp_path, capsys):
   out = tmp_path / 'bench.json'
   step_time.main(['--tiny', '--json', str(out)])
   data = json.loads(out.read_text())
-  (result,) = data['results']
+  result, stacked = data['results']
   assert result['tree'] == 'tiny' and result['leaves'] == 3
+  # The stacked tree adds lambc with one trust ratio per stacked layer.
+  assert stacked['tree'] == 'tiny_stacked'
+  assert 'lambc(per-slice)' in stacked['modes']['donated']
   for mode in ('donated', 'not_donated'):
     rows = result['modes'][mode]
     assert set(rows) == {'adamw', 'optax.lamb', 'lambc(max=None)', 'lambc'}

@@ -23,8 +23,13 @@ def ratio_checker(rtol, seen):
     stats = optax_lambc.trust_ratio_stats(state)
     raw = np.array([float(v) for v in stats.raw.values()])
     applied = np.array([float(v) for v in stats.applied.values()])
-    np.testing.assert_allclose(raw, reference.raw, rtol=rtol * 10)
-    np.testing.assert_allclose(applied, reference.applied, rtol=rtol * 10)
+    # Rounding in the Adam step is magnified by each layer's condition number
+    # where it nearly cancels the decay (see reference_numpy.Lambc.cond).
+    tol = rtol * 10 * np.maximum(1.0, np.asarray(reference.cond))
+    for got, want in ((raw, reference.raw), (applied, reference.applied)):
+      bad = ~(np.abs(got - want) <= tol * np.abs(want)) & ~(
+          np.isnan(got) & np.isnan(np.asarray(want, float)))
+      assert not bad.any(), (got[bad], np.asarray(want)[bad], tol[bad])
     seen['upper'] = seen.get('upper', 0) + float(stats.clipped_upper_fraction)
     seen['lower'] = seen.get('lower', 0) + float(stats.clipped_lower_fraction)
 
