@@ -237,10 +237,14 @@ def scale_layers(raw_fn: RawRatioFn, updates: optax.Updates,
 def initial_state(template: RatioTree, lower: RatioTree, upper: RatioTree,
                   policy_state: optax.OptState | None = None,
                   ) -> ScaleByClippedTrustRatioState:
-  """The state before the first update: ratios 1, the configured bounds."""
-  ones = jax.tree.map(jnp.ones_like, template)
+  """The state before the first update: ratios 1, the configured bounds.
+
+  Every field gets its own buffers, so the state can be donated to a jitted
+  step (a buffer shared by two leaves cannot be donated twice).
+  """
+  ones = lambda: jax.tree.map(jnp.ones_like, template)
   return ScaleByClippedTrustRatioState(
-      count=jnp.zeros([], jnp.int32), raw_ratio=ones, applied_ratio=ones,
+      count=jnp.zeros([], jnp.int32), raw_ratio=ones(), applied_ratio=ones(),
       lower=lower, upper=upper,
       policy_state=optax.EmptyState() if policy_state is None else
       policy_state)

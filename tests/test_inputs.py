@@ -5,6 +5,7 @@ error is checked to name the argument (and the pytree path where there is one)
 and to be raised at build or at ``init``, before any update.
 """
 
+import functools
 import inspect
 import math
 import os
@@ -309,3 +310,34 @@ def test_stable_seed_is_the_same_in_every_process():
 def test_nan_bound_in_tree_is_rejected():
   with pytest.raises(ValueError, match=r'max_trust_ratio\[enc\].*NaN'):
     optax_lambc.lambc(1e-2, max_trust_ratio={'enc': math.nan})
+
+
+# --- Donation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize('build', [
+    lambda: optax_lambc.lambc(1e-2),
+    lambda: optax_lambc.lambc(1e-2, max_trust_ratio=None, min_trust_ratio=0.0),
+    lambda: optax_lambc.lambc(
+        1e-2, max_trust_ratio=optax_lambc.running_stat_bounds()),
+    lambda: optax_lambc.lambc(1e-2, max_trust_ratio=optax_lambc.dynamic_bounds(
+    ), trust_ratio_mask=optax_lambc.exclude_bias_and_norm),
+    lambda: optax.apply_if_finite(optax_lambc.lambc(1e-2), 3),
+    lambda: optax_lambc.larc(0.1),
+], ids=['lambc', 'lamb', 'running', 'dynamic_masked', 'apply_if_finite',
+        'larc'])
+def test_fresh_state_can_be_donated(build):
+  # No two leaves of a fresh state may share a buffer: a training step that
+  # donates the optimizer state (as every large-model step does) would fail.
+  opt = build()
+  params = jax.tree.map(jnp.copy, PARAMS)
+  state = opt.init(params)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, grads):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, state = step(params, state, _grads(params))
+  params, state = step(params, state, _grads(params))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
