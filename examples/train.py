@@ -27,15 +27,39 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+USAGE = (f'usage: python -m examples.train {{{",".join(PRESETS)}}} '
+         '--workdir DIR [--set key=value ...]\n'
+         '       python -m examples.train PRESET --help   (every --set key)')
+
+
 def main(argv=None) -> None:
   argv = sys.argv[1:] if argv is None else argv
-  if not argv or argv[0] not in PRESETS:
-    raise SystemExit(f'usage: python -m examples.train {{{",".join(PRESETS)}}}'
-                     ' --workdir DIR [--set key=value ...]')
-  config, workdir = config_lib.cli(PRESETS[argv[0]](), __doc__, argv[1:])
+  if not argv or argv[0] in ('-h', '--help'):
+    print(__doc__ + '\n' + USAGE)
+    raise SystemExit(0 if argv else 2)
+  if argv[0] not in PRESETS:
+    print(f'error: unknown preset {argv[0]!r}; presets: '
+          f'{", ".join(PRESETS)}', file=sys.stderr)
+    raise SystemExit(2)
+  try:
+    config, workdir = config_lib.cli(PRESETS[argv[0]](), __doc__, argv[1:],
+                                     prog=f'python -m examples.train {argv[0]}')
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    raise SystemExit(2) from None
   maybe_initialize_distributed()
-  from examples.lib.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  result = train_and_evaluate(config, workdir)
+  from examples.lib import train as train_lib  # pylint: disable=g-import-not-at-top
+  try:
+    result = train_lib.train_and_evaluate(config, workdir)
+  except train_lib.Interrupted as e:
+    print(e, file=sys.stderr)
+    raise SystemExit(130) from None
+  except train_lib.NonFiniteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    raise SystemExit(1) from None
+  except (ValueError, FileNotFoundError) as e:  # bad config, caught by build
+    print(f'error: {e}', file=sys.stderr)
+    raise SystemExit(2) from None
   if 'eval' in result:
     print(f"final eval accuracy {result['eval']['accuracy']:.4f} "
           f"({result['eval']['count']} examples)")

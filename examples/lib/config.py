@@ -2,6 +2,8 @@
 
 import argparse
 import dataclasses
+import inspect
+import re
 import typing
 
 
@@ -11,64 +13,99 @@ class Config:
 
   # Data.
   dataset: str = 'cifar10'  # a tfds name, or 'digits' (scikit-learn, offline)
-  train_split: str = 'train'
-  eval_split: str = 'test'
+  train_split: str = 'train'  # tfds split to train on
+  eval_split: str = 'test'  # tfds split to evaluate on
   data_dir: str | None = None  # tfds prepared data (ArrayRecord)
   mock_data: bool = False  # tfds.testing.mock_data: no files needed
-  mock_num_examples: int = 256
-  image_size: int = 32
+  mock_num_examples: int = 256  # examples per split with mock_data
+  image_size: int = 32  # input height and width
   augment: bool = True  # random crop (pad 4) + horizontal flip
   # Model.
   model: str = 'resnet18_cifar'  # see examples.lib.models.MODELS
   width: int = 64  # base channel width (the paper's ResNet-18: 64)
-  num_classes: int = 10
+  num_classes: int = 10  # output classes
   # Optimizer.
   optimizer: str = 'lambc'  # lambc | lamb | adamw | sgd | larc
-  learning_rate: float = 1e-2
+  learning_rate: float = 1e-2  # peak learning rate
   schedule: str = 'cosine'  # cosine | step | constant
-  warmup_epochs: float = 0.0
+  warmup_epochs: float = 0.0  # linear warm-up from 0
   step_decay_at: tuple[float, ...] = (0.5, 0.75)  # fractions of training
-  step_decay_factor: float = 0.1
-  weight_decay: float = 0.0
-  min_trust_ratio: float = 0.0
+  step_decay_factor: float = 0.1  # step schedule multiplier
+  weight_decay: float = 0.0  # decoupled weight decay
+  min_trust_ratio: float = 0.0  # lower bound of the trust ratio
   max_trust_ratio: float | None = 1.0  # None: no upper bound (LAMB)
   bound_policy: str = 'fixed'  # fixed | dynamic | running
   policy_gamma: float = 1e-3  # dynamic_bounds
   policy_n_std: float = 3.0  # running_stat_bounds
-  policy_decay: float = 0.99
-  policy_warmup_steps: int = 20
+  policy_decay: float = 0.99  # running_stat_bounds EMA decay
+  policy_warmup_steps: int = 20  # running_stat_bounds warm-up
   exclude_bias_and_norm: bool = True  # masks for decay and adaptation
   momentum: float = 0.9  # sgd, larc
   # Schedule of the run.
-  global_batch_size: int = 1000
-  num_epochs: float = 80.0
+  global_batch_size: int = 1000  # examples per step, all devices
+  num_epochs: float = 80.0  # length of training
   num_train_steps: int | None = None  # overrides num_epochs
   eval_every_steps: int = 0  # 0: at the end of each epoch
-  log_every_steps: int = 50
+  log_every_steps: int = 50  # metrics.jsonl cadence
   checkpoint_every_steps: int = 0  # 0: no checkpoints
-  stop_after_steps: int | None = None  # stop early (simulates a kill)
-  seed: int = 0
+  stop_after_steps: int | None = None  # stop early, no extra checkpoint
+  skip_nonfinite_steps: int = 0  # >0: optax.apply_if_finite with this limit
+  debug_nan_at_step: int | None = None  # fault injection: NaN batch at step
+  seed: int = 0  # model init and data order
   # Parallelism.
   parallel: str = 'jit'  # jit | pmap | shard_map | fsdp
-  progress: bool = True
+  progress: bool = True  # tqdm progress bar
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
 
 
+class ConfigError(ValueError):
+  """A bad ``--set``: unknown key or a value of the wrong type."""
+
+
+def _type_name(hint) -> str:
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  if typing.get_origin(hint) is tuple:
+    return 'comma-separated floats'
+  if args and len(args) < len(typing.get_args(hint)):
+    return f'{_type_name(args[0])} or none'
+  return getattr(hint, '__name__', str(hint))
+
+
+def field_help() -> dict[str, tuple[str, object, str]]:
+  """``{key: (type, default, help)}``; help is the field's source comment."""
+  comments = {}
+  for line in inspect.getsource(Config).splitlines():
+    m = re.match(r'\s+(\w+): .*?#\s*(.*)$', line)
+    if m:
+      comments[m.group(1)] = m.group(2)
+  hints = typing.get_type_hints(Config)
+  return {f.name: (_type_name(hints[f.name]), f.default,
+                   comments.get(f.name, ''))
+          for f in dataclasses.fields(Config)}
+
+
 def _parse(field: dataclasses.Field, text: str):
   hint = typing.get_type_hints(Config)[field.name]
+  expected = _type_name(hint)
   if text.lower() == 'none':
+    if type(None) not in typing.get_args(hint):
+      raise ConfigError(f'--set {field.name}=none: expected {expected}')
     return None
-  if typing.get_origin(hint) is tuple:
-    return tuple(float(x) for x in text.split(',') if x)
-  args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-  kind = args[0]
-  if kind is bool:
-    if text.lower() not in ('true', 'false', '1', '0'):
-      raise ValueError(f'{field.name} must be true or false, got {text!r}')
-    return text.lower() in ('true', '1')
-  return kind(text)
+  try:
+    if typing.get_origin(hint) is tuple:
+      return tuple(float(x) for x in text.split(',') if x)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kind = args[0]
+    if kind is bool:
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(text)
+      return text.lower() in ('true', '1')
+    return kind(text)
+  except ValueError:
+    raise ConfigError(f'--set {field.name}={text}: expected {expected}'
+                      ) from None
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
@@ -78,17 +115,28 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
   for item in overrides:
     key, sep, value = item.partition('=')
     if not sep:
-      raise ValueError(f'override {item!r} must look like key=value')
+      raise ConfigError(f'--set {item!r} must look like key=value')
     if key not in fields:
-      raise ValueError(f'unknown config key {key!r}; known: '
-                       f'{", ".join(sorted(fields))}')
+      raise ConfigError(f'unknown config key {key!r}; see --help for the '
+                        'keys')
     changes[key] = _parse(fields[key], value)
   return config.replace(**changes)
 
 
-def cli(preset: Config, description: str, argv=None) -> tuple[Config, str]:
-  """``--workdir DIR [--set key=value ...]`` on top of a preset."""
-  parser = argparse.ArgumentParser(description=description)
+def cli(preset: Config, description: str, argv=None,
+        prog: str | None = None) -> tuple[Config, str]:
+  """``--workdir DIR [--set key=value ...]`` on top of a preset.
+
+  ``--help`` lists every ``--set`` key with its type, the preset's value and
+  a few words (the comments of :class:`Config`).
+  """
+  rows = [f'  {k:<24} {t:<26} {getattr(preset, k)!r:<14} {h}'
+          for k, (t, _, h) in field_help().items()]
+  parser = argparse.ArgumentParser(
+      prog=prog, description=description,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog='--set keys (type, value in this preset, meaning):\n' +
+      '\n'.join(rows))
   parser.add_argument('--workdir', required=True,
                       help='checkpoints, metrics.jsonl and plots go here')
   parser.add_argument('--set', dest='overrides', action='append', default=[],

@@ -3,9 +3,18 @@
 ``train_and_evaluate(config, workdir)`` builds the model, the optimizer and the
 input pipeline from a Config; compiles one step for the chosen parallel mode;
 trains with a progress bar; evaluates; writes ``metrics.jsonl`` (process 0);
-and checkpoints with orbax (params, batch statistics, optimizer state including
-bound-policy state, step, data position). Rerunning with the same workdir
-resumes from the latest checkpoint and ends where an uninterrupted run ends.
+and checkpoints with orbax: a structured tree ``{'params', 'batch_stats',
+'opt_state', 'step'}`` (bound-policy state included) plus JSON metadata (data
+position, config). Rerunning with the same workdir resumes from the latest
+*complete* checkpoint (orbax writes to a temporary directory and renames it
+when done, so a kill mid-write leaves nothing that is restored), restores each
+array straight into its target sharding, truncates ``metrics.jsonl`` to the
+restored step, and ends bit-identical to an uninterrupted run.
+
+Non-finite values: with ``skip_nonfinite_steps=N`` the optimizer is wrapped in
+``optax.apply_if_finite`` and skipped steps are logged with the layers whose
+gradients were non-finite; otherwise a non-finite loss stops the run at the
+next log step with :class:`NonFiniteError` naming those layers.
 
 Metrics stay on device between log steps: the step returns device scalars that
 are summed on device, and the host reads them every ``log_every_steps``.
@@ -15,6 +24,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -74,8 +85,18 @@ def make_train_step(apply, tx, schedule, axis_name=None, telemetry=True,
         grads, loss = jax.lax.pmean((grads, loss), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'accuracy': accuracy,
+    finite = jnp.isfinite(loss)
+    metrics = {'loss': jnp.where(finite, loss, 0.0), 'accuracy': accuracy,
+               'finite_steps': finite.astype(jnp.float32),
                'lr': jnp.asarray(schedule(state.step), jnp.float32)}
+    # Which layers' gradients held NaN/Inf (summed over a log interval).
+    metrics.update({f'nonfinite/{k}': v.astype(jnp.float32) for k, v in
+                    optax_lambc.nonfinite_leaves(grads).items()})
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+      metrics['skipped_steps'] = opt_state.total_notfinite.astype(
+          jnp.float32)
+      metrics['consecutive_skips'] = opt_state.notfinite_count.astype(
+          jnp.float32)
     if telemetry:
       metrics.update(optax_lambc.trust_ratio_stats(opt_state).as_metrics())
     return TrainState(state.step + 1, params, new_stats, opt_state), metrics
@@ -137,6 +158,8 @@ def build(config: Config) -> Experiment:
   graphdef, params, batch_stats, template = models.split(model)
   apply = models.make_apply(graphdef, template)
   tx = optim.create_optimizer(config, schedule)
+  if config.skip_nonfinite_steps:
+    tx = optax.apply_if_finite(tx, config.skip_nonfinite_steps)
   opt_state = tx.init(params)
   state = TrainState(jnp.zeros([], jnp.int32), params, batch_stats, opt_state)
   step_fn = make_train_step(apply, tx, schedule, parallel.axis_name,
@@ -176,6 +199,10 @@ def evaluate(exp: Experiment, state: TrainState) -> dict:
 # ---------------------------------------------------------------------------
 # Checkpoints.
 
+# Test-only fault injection: SIGKILL this process right after the save of the
+# given step has started, while orbax is still writing it.
+KILL_DURING_SAVE_ENV = 'EXAMPLES_KILL_DURING_SAVE_AT_STEP'
+
 
 def _manager(workdir: str):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -184,36 +211,54 @@ def _manager(workdir: str):
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
+def _as_tree(state: TrainState) -> dict:
+  """The checkpointed tree: readable paths, loadable by other tools."""
+  return {'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state, 'step': state.step}
+
+
 def save_checkpoint(mngr, exp: Experiment, state: TrainState) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   single = exp.parallel.unplace_state(state)
   step = int(single.step)
-  leaves = {f'{i:05d}': x for i, x in enumerate(jax.tree.leaves(single))}
   meta = {'step': step, 'data_index': step,
           'config': dataclasses.asdict(exp.config)}
   mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
+      state=ocp.args.StandardSave(_as_tree(single)),
+      meta=ocp.args.JsonSave(meta)))
+  if os.environ.get(KILL_DURING_SAVE_ENV) == str(step):
+    os.kill(os.getpid(), signal.SIGKILL)
   mngr.wait_until_finished()
 
 
 def restore_checkpoint(mngr, exp: Experiment) -> tuple[TrainState, int] | None:
+  """The latest complete checkpoint, restored into the state's shardings.
+
+  Every array is read straight into the sharding the step expects (each host
+  reads only its shards: no full host copy under FSDP); under ``pmap`` the
+  single copy is then replicated.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   latest = mngr.latest_step()
   if latest is None:
     return None
   template = exp.parallel.unplace_state(exp.state)
-  leaves, treedef = jax.tree.flatten(template)
-  abstract = {f'{i:05d}': jax.ShapeDtypeStruct(x.shape, x.dtype)
-              for i, x in enumerate(leaves)}
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(
+          x, 'sharding', None) if exp.parallel.mode != 'pmap' else None),
+      _as_tree(template))
   restored = mngr.restore(latest, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  values = [np.asarray(restored['state'][k]) for k in sorted(abstract)]
-  state = jax.tree.unflatten(treedef, values)
-  return exp.parallel.place_state(state), restored['meta']['data_index']
+  tree = restored['state']
+  state = TrainState(tree['step'], tree['params'], tree['batch_stats'],
+                     tree['opt_state'])
+  if exp.parallel.mode == 'pmap':
+    state = exp.parallel.place_state(state)
+  return state, restored['meta']['data_index']
 
 
 # ---------------------------------------------------------------------------
-# The loop.
+# Metrics.
 
 
 class MetricsWriter:
@@ -222,6 +267,16 @@ class MetricsWriter:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.enabled = jax.process_index() == 0
+
+  def truncate(self, step: int) -> None:
+    """Drops rows after ``step`` (a resumed run writes them again)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      keep = [line for line in f if line.strip() and
+              json.loads(line)['step'] <= step]
+    with open(self.path, 'w') as f:
+      f.writelines(keep)
 
   def write(self, record: dict) -> None:
     if self.enabled:
@@ -234,56 +289,198 @@ def _to_host(tree) -> dict:
           jax.device_get(tree).items()}
 
 
+# Summed over a log interval (on device); everything else is the last value.
+_SUMMED = ('loss', 'accuracy', 'lr', 'finite_steps')
+
+
+class MetricsAccumulator:
+  """Sums the step metrics on device; reads them on the host at log steps."""
+
+  def __init__(self):
+    self.sums, self.count, self.t0, self.last = None, 0, time.time(), {}
+
+  def add(self, metrics: dict) -> None:
+    summed = {k: v for k, v in metrics.items()
+              if k in _SUMMED or k.startswith('nonfinite/')}
+    self.sums = summed if self.sums is None else jax.tree.map(
+        jnp.add, self.sums, summed)
+    self.last = {k: v for k, v in metrics.items() if k not in summed}
+    self.count += 1
+
+  def record(self, step: int) -> dict:
+    """The train record of the interval, and a reset."""
+    host = _to_host(self.sums)
+    finite = host.pop('finite_steps')
+    bad = sorted(k.removeprefix('nonfinite/') for k, v in host.items()
+                 if k.startswith('nonfinite/') and v > 0)
+    host = {k: v for k, v in host.items() if not k.startswith('nonfinite/')}
+    record = {'step': step, 'split': 'train',
+              'loss': host['loss'] / finite if finite else math.nan,
+              'accuracy': host['accuracy'] / self.count,
+              'lr': host['lr'] / self.count, **_to_host(self.last),
+              'nonfinite_steps': self.count - int(finite),
+              'nonfinite_layers': bad,
+              'steps_per_s': self.count / max(time.time() - self.t0, 1e-9)}
+    self.sums, self.count, self.t0 = None, 0, time.time()
+    return record
+
+
+class NonFiniteError(RuntimeError):
+  """A non-finite loss that was not skipped; the message names the layers."""
+
+
+def _check_finite(config: Config, record: dict) -> None:
+  """Stops the run on a non-finite step that ``apply_if_finite`` let through.
+
+  Without ``skip_nonfinite_steps`` any non-finite step stops it; with it, only
+  one that the wrapper applied (after N consecutive skips).
+  """
+  if not record['nonfinite_steps']:
+    return
+  if config.skip_nonfinite_steps and (
+      record.get('consecutive_skips', 0) < config.skip_nonfinite_steps):
+    return
+  ratios = sorted(k.removeprefix('trust_ratio/raw/') for k, v in
+                  record.items() if k.startswith('trust_ratio/raw/') and
+                  not math.isfinite(v))
+  raise NonFiniteError(
+      f"non-finite loss at step {record['step']} (in "
+      f"{record['nonfinite_steps']} step(s) since the last log); non-finite "
+      f"gradients in {record['nonfinite_layers'] or 'no layer'}; non-finite "
+      f'trust ratios in {ratios or "no layer"}. Set skip_nonfinite_steps=N '
+      'to skip such steps.')
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+
+
+class Interrupted(Exception):
+  """Ctrl-C or SIGTERM: where the run stopped and what is saved."""
+
+  def __init__(self, step: int, checkpoint_step: int | None):
+    self.step, self.checkpoint_step = step, checkpoint_step
+    saved = ('no checkpoint yet' if checkpoint_step is None else
+             f'last checkpoint at step {checkpoint_step}')
+    super().__init__(f'stopped at step {step}; {saved}; rerun the same '
+                     'command to resume')
+
+
+class StopRequest:
+  """Set by SIGTERM or Ctrl-C; the loop stops cleanly after the step in
+  flight (never inside a checkpoint write). A second Ctrl-C stops at once."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __call__(self, signum, frame):
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = True
+
+
+def _restore_or_start(exp: Experiment, mngr, writer: MetricsWriter,
+                      workdir: str) -> tuple[TrainState, int]:
+  restored = restore_checkpoint(mngr, exp) if mngr is not None else None
+  if restored is None:
+    writer.truncate(0)
+    return exp.state, 0
+  state, start = restored
+  writer.truncate(start)
+  if jax.process_index() == 0:
+    where = os.path.join(os.path.abspath(workdir), 'checkpoints', str(start))
+    print(f'resumed from step {start} (checkpoint {where})', flush=True)
+  return state, start
+
+
+def _should_checkpoint(config: Config, done: int, total: int) -> bool:
+  # On schedule and at the end; a run stopped early (stop_after_steps) saves
+  # nothing extra, like a real kill.
+  return bool(config.checkpoint_every_steps) and (
+      done % config.checkpoint_every_steps == 0 or done == total)
+
+
+@dataclasses.dataclass
+class Position:
+  """Where the loop is: steps done and the last checkpoint written."""
+
+  step: int
+  checkpoint_step: int | None
+
+
+def _train_loop(exp: Experiment, state: TrainState, pos: Position,
+                writer: MetricsWriter, mngr,
+                stop_request: StopRequest) -> tuple[TrainState, dict]:
+  """Steps from ``pos.step`` to the stop step; logs, evaluates, checkpoints."""
+  config = exp.config
+  eval_every = config.eval_every_steps or exp.steps_per_epoch
+  stop = min(exp.total_steps, config.stop_after_steps or exp.total_steps)
+  bar = _progress(config, exp.total_steps, pos.step)
+  acc, result = MetricsAccumulator(), {}
+  for step in range(pos.step, stop):
+    batch = exp.train_ds[step]
+    if config.debug_nan_at_step == step:
+      batch = dict(batch, image=batch['image'] * np.nan)
+    state, metrics = exp.train_step(state, exp.parallel.shard_batch(batch))
+    acc.add(metrics)
+    done = pos.step = step + 1
+    if done % config.log_every_steps == 0 or done == stop:
+      record = acc.record(done)
+      writer.write(record)
+      _check_finite(config, record)
+      if bar is not None:
+        bar.set_postfix(loss=f"{record['loss']:.3f}",
+                        acc=f"{record['accuracy']:.3f}")
+      result['train'] = record
+    if done % eval_every == 0 or done == exp.total_steps:
+      result['eval'] = evaluate(exp, state)
+      writer.write({'step': done, 'split': 'eval', **result['eval']})
+    if mngr is not None and _should_checkpoint(config, done,
+                                               exp.total_steps):
+      save_checkpoint(mngr, exp, state)
+      pos.checkpoint_step = done
+    if bar is not None:
+      bar.update(1)
+    if stop_request.requested:
+      raise KeyboardInterrupt
+  if bar is not None:
+    bar.close()
+  result['steps'] = stop
+  return state, result
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
-  """Trains (resuming if a checkpoint exists) and returns final metrics."""
+  """Trains (resuming if a checkpoint exists) and returns final metrics.
+
+  Returns:
+    ``{'train': last train record, 'eval': last eval metrics, 'steps': the
+    step the run stopped at, 'state': the final TrainState (one copy)}``.
+
+  Raises:
+    NonFiniteError: on a non-finite loss that is not skipped.
+    Interrupted: on Ctrl-C or SIGTERM (its message says how to resume).
+  """
   os.makedirs(workdir, exist_ok=True)
   exp = build(config)
   writer = MetricsWriter(workdir)
   mngr = _manager(workdir) if config.checkpoint_every_steps else None
-  state, start = exp.state, 0
-  if mngr is not None:
-    restored = restore_checkpoint(mngr, exp)
-    if restored is not None:
-      state, start = restored
-  eval_every = config.eval_every_steps or exp.steps_per_epoch
-  stop = min(exp.total_steps, config.stop_after_steps or exp.total_steps)
-  bar = _progress(config, exp.total_steps, start)
-  sums, count, last, t0 = None, 0, {}, time.time()
-  result = {}
-  for step in range(start, stop):
-    batch = exp.parallel.shard_batch(exp.train_ds[step])
-    state, metrics = exp.train_step(state, batch)
-    scalars = {k: v for k, v in metrics.items()
-               if k in ('loss', 'accuracy', 'lr')}
-    sums = scalars if sums is None else jax.tree.map(jnp.add, sums, scalars)
-    count += 1
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == stop:
-      host = {k: v / count for k, v in _to_host(sums).items()}
-      last = _to_host({k: v for k, v in metrics.items() if k not in scalars})
-      record = {'step': done, 'split': 'train', **host, **last,
-                'steps_per_s': count / max(time.time() - t0, 1e-9)}
-      writer.write(record)
-      if bar is not None:
-        bar.set_postfix(loss=f"{host['loss']:.3f}",
-                        acc=f"{host['accuracy']:.3f}")
-      result['train'] = record
-      sums, count, t0 = None, 0, time.time()
-    if done % eval_every == 0 or done == exp.total_steps:
-      ev = evaluate(exp, state)
-      writer.write({'step': done, 'split': 'eval', **ev})
-      result['eval'] = ev
-    # On schedule and at the end; a run stopped early (stop_after_steps, the
-    # tests' stand-in for a kill) saves nothing extra, like a real kill.
-    if mngr is not None and (done % config.checkpoint_every_steps == 0 or
-                             done == exp.total_steps):
-      save_checkpoint(mngr, exp, state)
-    if bar is not None:
-      bar.update(1)
-  if bar is not None:
-    bar.close()
+  state, start = _restore_or_start(exp, mngr, writer, workdir)
+  pos = Position(start, start if start else None)
+  # SIGTERM (a scheduler's stop) and Ctrl-C end the run after the step in
+  # flight; Python allows handlers only in the main thread.
+  stop_request = StopRequest()
+  signals = (signal.SIGTERM, signal.SIGINT)
+  main = threading.current_thread() is threading.main_thread()
+  previous = [signal.signal(s, stop_request) for s in signals] if main else []
+  try:
+    state, result = _train_loop(exp, state, pos, writer, mngr, stop_request)
+  except KeyboardInterrupt:
+    raise Interrupted(pos.step, pos.checkpoint_step) from None
+  finally:
+    for sig, handler in zip(signals, previous):
+      signal.signal(sig, handler)
   result['state'] = exp.parallel.unplace_state(state)
-  result['steps'] = stop
   return result
 
 
@@ -293,4 +490,3 @@ def _progress(config: Config, total: int, start: int):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=start, unit='step', dynamic_ncols=True,
               desc=f'{config.dataset}/{config.optimizer}')
-

@@ -1,0 +1,175 @@
+"""The training CLI survives SIGKILL at any moment, and guards against NaNs.
+
+A real ``python -m examples.train`` subprocess (the offline digits preset) is
+killed with SIGKILL at several random steps and once while orbax is writing a
+checkpoint; the same command is rerun until it finishes. The final params,
+optimizer state (bound-policy state included) and eval metrics must be
+bit-identical to an uninterrupted run, no partial checkpoint may be restored,
+and ``metrics.jsonl`` must hold each ``(split, step)`` row exactly once.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from examples.lib import train as train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 24
+ARGS = ['--set', 'global_batch_size=64', '--set', f'num_train_steps={STEPS}',
+        '--set', 'checkpoint_every_steps=4', '--set', 'log_every_steps=2',
+        '--set', 'eval_every_steps=12', '--set', 'progress=false',
+        '--set', 'bound_policy=running', '--set', 'policy_warmup_steps=2',
+        '--set', 'width=8']
+
+
+def _env(**extra) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **extra)
+  env.pop('XLA_FLAGS', None)
+  return env
+
+
+def _cmd(workdir, *extra) -> list[str]:
+  return [sys.executable, '-m', 'examples.train', 'digits', '--workdir',
+          str(workdir), *ARGS, *extra]
+
+
+def _rows(workdir) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _last_step(workdir) -> int:
+  try:
+    return max((r['step'] for r in _rows(workdir)), default=0)
+  except (json.JSONDecodeError, KeyError):  # a row being written
+    return 0
+
+
+def _final_checkpoint(workdir) -> dict:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = mngr.latest_step()
+  tree = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _run_until_killed(workdir, kill_at_step: int) -> str:
+  """Starts the command and SIGKILLs it once ``kill_at_step`` is logged."""
+  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  deadline = time.time() + 300
+  while proc.poll() is None and time.time() < deadline:
+    if _last_step(workdir) >= kill_at_step:
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  out = proc.communicate(timeout=60)[0]
+  assert proc.returncode in (-signal.SIGKILL, 0), out[-3000:]
+  return out
+
+
+def test_sigkill_at_random_moments_ends_bit_identical(tmp_path):
+  full = tmp_path / 'full'
+  out = subprocess.run(_cmd(full), cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+  work = tmp_path / 'killed'
+  rng = np.random.default_rng(20261124)
+  kill_steps = sorted(rng.choice(np.arange(1, STEPS), size=5, replace=False))
+  outputs = []
+  for i, step in enumerate(kill_steps):
+    outputs.append(_run_until_killed(work, int(step)))
+    if i == 2:
+      # Once while the step-N checkpoint is being written: the test-only
+      # hook SIGKILLs the process right after orbax's save has started.
+      n = (_last_step(work) // 4 + 1) * 4
+      killed = subprocess.run(
+          _cmd(work), cwd=ROOT, capture_output=True, text=True, timeout=600,
+          env=_env(**{train_lib.KILL_DURING_SAVE_ENV: str(n)}))
+      assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+      leftovers = [p for p in os.listdir(work / 'checkpoints')
+                   if p.startswith(f'{n}.') or p == str(n)]
+      assert leftovers and str(n) not in leftovers, leftovers  # partial only
+      resumed = subprocess.run(
+          _cmd(work, '--set', f'stop_after_steps={n + 1}'), cwd=ROOT,
+          capture_output=True, text=True, timeout=600, env=_env())
+      assert resumed.returncode == 0, resumed.stderr[-3000:]
+      # The partial step-n checkpoint is never restored.
+      assert f'resumed from step {n - 4} ' in resumed.stdout, resumed.stdout
+  final = subprocess.run(_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=600)
+  assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+  assert 'resumed from step' in final.stdout
+  assert sum('resumed from step' in o for o in outputs) >= 3
+
+  want, got = _final_checkpoint(full), _final_checkpoint(work)
+  assert want.keys() == got.keys()
+  assert any('opt_state' in k and 'mean' in k for k in want)  # policy state
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+  rows_full, rows = _rows(full), _rows(work)
+  keys = [(r['split'], r['step']) for r in rows]
+  assert len(keys) == len(set(keys)), 'duplicated rows after resume'
+  assert sorted(keys) == sorted((r['split'], r['step']) for r in rows_full)
+  evals = lambda rs: [(r['step'], r['loss'], r['accuracy']) for r in rs
+                      if r['split'] == 'eval']
+  assert evals(rows) == evals(rows_full)
+
+
+def test_sigterm_prints_how_to_resume(tmp_path):
+  proc = subprocess.Popen(_cmd(tmp_path, '--set', 'num_train_steps=100000'),
+                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while _last_step(tmp_path) < 6 and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert 'Traceback' not in err, err[-3000:]
+  assert lines[-1].startswith('stopped at step ')
+  assert 'last checkpoint at step 4' in lines[-1] or (
+      'last checkpoint at step' in lines[-1])
+  assert lines[-1].endswith('rerun the same command to resume')
+
+
+def test_nonfinite_loss_stops_with_the_layer_names(tmp_path):
+  out = subprocess.run(_cmd(tmp_path, '--set', 'debug_nan_at_step=5'),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr
+  assert 'non-finite loss at step 6' in out.stderr
+  assert "'conv1/kernel'" in out.stderr  # a layer is named
+  rows = _rows(tmp_path)
+  assert max(r['step'] for r in rows) == 6  # stopped at the next log step
+
+
+def test_skip_nonfinite_steps_counts_and_names_them(tmp_path):
+  out = subprocess.run(_cmd(tmp_path, '--set', 'debug_nan_at_step=5',
+                            '--set', 'skip_nonfinite_steps=3',
+                            '--set', 'num_train_steps=8'),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = {r['step']: r for r in _rows(tmp_path) if r['split'] == 'train'}
+  assert train[6]['skipped_steps'] == 1 and train[6]['nonfinite_steps'] == 1
+  assert 'conv1/kernel' in train[6]['nonfinite_layers']
+  assert np.isfinite(train[6]['loss']) and np.isfinite(train[8]['loss'])
+  assert train[8]['nonfinite_layers'] == [] and train[8]['skipped_steps'] == 1
