@@ -201,7 +201,8 @@ def test_mismatched_structures_name_both():
 def test_per_layer_bound_not_a_prefix_names_structures():
   params = {'a': jnp.ones(2), 'b': jnp.ones(2)}
   t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio={'z': 1.0})
-  with pytest.raises(ValueError, match="`max_trust_ratio` entry 'z' matches no"):
+  with pytest.raises(ValueError,
+                     match="`max_trust_ratio` entry 'z' matches no"):
     t.update(params, t.init(params), params)
 
 

@@ -478,7 +478,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   except KeyboardInterrupt:
     raise Interrupted(pos.step, pos.checkpoint_step) from None
   finally:
-    for sig, handler in zip(signals, previous):
+    # previous is empty off the main thread.
+    for sig, handler in zip(signals, previous, strict=False):
       signal.signal(sig, handler)
   result['state'] = exp.parallel.unplace_state(state)
   return result
