@@ -15,13 +15,21 @@ from examples.lib import config as config_lib
 
 
 def maybe_initialize_distributed() -> None:
-  """Calls jax.distributed.initialize when launched on several hosts."""
+  """Calls jax.distributed.initialize when launched on several hosts.
+
+  ``JAX_HEARTBEAT_TIMEOUT_SECONDS`` (default JAX's 100) bounds how long the
+  survivors wait when a process dies; on CPU the collectives use gloo.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   if os.environ.get('JAX_COORDINATOR'):
+    if os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
         coordinator_address=os.environ['JAX_COORDINATOR'],
         num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['JAX_PROCESS_ID']))
+        process_id=int(os.environ['JAX_PROCESS_ID']),
+        heartbeat_timeout_seconds=int(os.environ.get(
+            'JAX_HEARTBEAT_TIMEOUT_SECONDS', 100)))
   elif os.environ.get('TPU_WORKER_HOSTNAMES') or os.environ.get(
       'CLOUD_TPU_TASK_ID'):
     jax.distributed.initialize()

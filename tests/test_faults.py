@@ -56,11 +56,18 @@ def _last_step(workdir) -> int:
 
 
 def _final_checkpoint(workdir) -> dict:
+  """The latest checkpoint's arrays by path, read as NumPy (whatever devices
+  and processes wrote them)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  step = mngr.latest_step()
-  tree = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))['state']
+  root = os.path.join(workdir, 'checkpoints')
+  step = ocp.CheckpointManager(root).latest_step()
+  path = os.path.join(root, str(step), 'state')
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(path)
+  meta = getattr(getattr(meta, 'item_metadata', meta), 'tree', meta)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                      meta)
+  tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in
           jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -173,3 +180,53 @@ def test_skip_nonfinite_steps_counts_and_names_them(tmp_path):
   assert 'conv1/kernel' in train[6]['nonfinite_layers']
   assert np.isfinite(train[6]['loss']) and np.isfinite(train[8]['loss'])
   assert train[8]['nonfinite_layers'] == [] and train[8]['skipped_steps'] == 1
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    return sock.getsockname()[1]
+
+
+def _start_two(workdir) -> list[subprocess.Popen]:
+  port = _free_port()
+  return [subprocess.Popen(
+      _cmd(workdir), cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True, env=dict(
+          _env(), XLA_FLAGS='--xla_force_host_platform_device_count=2',
+          JAX_COORDINATOR=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+          JAX_PROCESS_ID=str(i), JAX_HEARTBEAT_TIMEOUT_SECONDS='10'))
+          for i in range(2)]
+
+
+def test_two_processes_survive_a_kill(tmp_path):
+  full = tmp_path / 'full'
+  procs = _start_two(full)
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:]
+
+  work = tmp_path / 'killed'
+  procs = _start_two(work)
+  deadline = time.time() + 300
+  while _last_step(work) < 10 and time.time() < deadline:
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  survivor = procs[0].communicate(timeout=120)[0]
+  procs[1].communicate(timeout=60)
+  # The survivor does not hang: JAX's coordination service sees the missed
+  # heartbeats and stops it with a clear message, well within the bound.
+  assert time.time() - killed_at < 60
+  assert procs[0].returncode != 0
+  assert 'another task died' in survivor or 'heartbeat' in survivor, (
+      survivor[-3000:])
+
+  procs = _start_two(work)
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:]
+  assert 'resumed from step' in logs[0]
+  want, got = _final_checkpoint(full), _final_checkpoint(work)
+  assert want.keys() == got.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

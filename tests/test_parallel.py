@@ -72,3 +72,12 @@ def test_stacked_layers_sharded_equal_one_device():
   assert 'jit, layer axis sharded: 3 steps equal one device' in out.stdout
   assert 'jit, inner axis sharded: 3 steps equal one device' in out.stdout
   assert 'shard_map, inner axis sharded with axis_name' in out.stdout
+
+
+def test_fsdp_checkpoint_restores_into_shardings():
+  out = subprocess.run([sys.executable, os.path.join(
+      SCRIPTS, 'checkpoint_sharding_check.py')], capture_output=True,
+                       text=True, env=_env(), timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert 'every restored leaf has its target sharding' in out.stdout
+  assert 'the resumed run equals the uninterrupted one' in out.stdout
