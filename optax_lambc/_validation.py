@@ -113,7 +113,7 @@ def is_tree_spec(spec: Any) -> bool:
       jax.tree.structure(spec)))
 
 
-def _key(k: Any) -> str:
+def key_str(k: Any) -> str:
   """One path entry as plain text: dict key, attribute or index."""
   for attr in ('key', 'name', 'idx'):
     if hasattr(k, attr):
@@ -146,11 +146,11 @@ def per_leaf(prefix: Any, tree: Any, name: str, *,
     ValueError: naming ``name`` and the path, if a leaf has no entry or (with
       ``strict``) an entry matches no leaf.
   """
-  entries = {tuple(map(_key, path)): value for path, value in
+  entries = {tuple(map(key_str, path)): value for path, value in
              jax.tree_util.tree_flatten_with_path(prefix, is_leaf=is_leaf)[0]}
   used, out, missing = set(), [], []
   for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = tuple(map(_key, path))
+    keys = tuple(map(key_str, path))
     match = next((keys[:n] for n in range(len(keys), -1, -1)
                   if keys[:n] in entries), None)
     if match is None:

@@ -143,7 +143,7 @@ def _concrete_entries(spec: BoundSpec) -> dict[tuple[str, ...], Any]:
   for path, leaf in jax.tree_util.tree_flatten_with_path(spec)[0]:
     if callable(leaf) or isinstance(leaf, jax.core.Tracer):
       continue
-    out[tuple(_validation._key(k) for k in path)] = leaf  # pylint: disable=protected-access
+    out[tuple(_validation.key_str(k) for k in path)] = leaf
   return out
 
 

@@ -79,7 +79,7 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers') -> dict:
   flat = jax.tree_util.tree_flatten_with_path(variables, is_leaf=is_box)[0]
   entries = []  # (keys, names or None, axes or None)
   for path, leaf in flat:
-    keys = tuple(_validation._key(k) for k in path)  # pylint: disable=protected-access
+    keys = tuple(_validation.key_str(k) for k in path)
     if keys and keys[-1] == 'value' and not is_box(leaf):
       keys = keys[:-1]  # a Variable flattened to its value
     names = _names(leaf)

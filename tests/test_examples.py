@@ -134,3 +134,13 @@ def test_stacked_layers_demo_shows_the_problem_and_the_fix():
   assert max(out['layer_axes']['drift']) < 1e-5
   np.testing.assert_allclose(out['layer_axes']['fc1_raw'],
                              out['unrolled']['fc1_raw'], rtol=1e-4)
+
+
+def test_heatmap_rows_are_stacked_layers_in_order():
+  from examples.lib import plots  # pylint: disable=g-import-not-at-top
+  records = [{'split': 'train', 'step': s,
+              **{f'trust_ratio/raw/blocks/k[{i}]': 0.1 * i for i in range(12)},
+              'trust_ratio/raw/head': 1.0} for s in (1, 2)]
+  layers, steps, m = plots.trust_ratio_matrix(records)
+  assert layers == [f'blocks/k[{i}]' for i in range(12)] + ['head']
+  assert m.shape == (13, 2) and steps == [1, 2]

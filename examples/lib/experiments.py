@@ -94,7 +94,8 @@ def markdown_table(results: list[dict], settings: list[Setting]) -> str:
 
 
 def accuracy_curves(results: list[dict], row: str) -> dict[str, list]:
-  """Test accuracy vs step, averaged over seeds, per column of one row."""
+  """Test accuracy vs step per column of one row: ``(step, mean, min, max)``
+  over seeds."""
   curves: dict[str, dict[int, list[float]]] = {}
   for r in results:
     if r['row'] != row:
@@ -103,7 +104,8 @@ def accuracy_curves(results: list[dict], row: str) -> dict[str, list]:
       if rec['split'] == 'eval':
         curves.setdefault(r['col'], {}).setdefault(rec['step'], []).append(
             rec['accuracy'])
-  return {col: sorted((step, statistics.mean(v)) for step, v in pts.items())
+  return {col: sorted((step, statistics.mean(v), min(v), max(v))
+                      for step, v in pts.items())
           for col, pts in curves.items()}
 
 
@@ -115,9 +117,11 @@ def write_report(results: list[dict], settings: list[Setting], root: str,
   with open(paths[0], 'w') as f:
     f.write(f'# {title}\n\n{preamble}\n\nFinal test accuracy (%), mean ± std '
             f'over seeds.\n\n{table}\n')
+  seeds = len({r['seed'] for r in results})
   for row in dict.fromkeys(s.row for s in settings):
     name = ''.join(c if c.isalnum() else '_' for c in row)
     paths.append(plots.plot_accuracy(
         accuracy_curves(results, row),
-        os.path.join(root, f'accuracy_{name}.png'), title=f'{title}: {row}'))
+        os.path.join(root, f'accuracy_{name}.png'),
+        title=f'{title}: {row}\nmean over {seeds} seed(s); band: min-max'))
   return paths

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -20,11 +21,16 @@ def _plt():
 
 
 def trust_ratio_matrix(records: list[dict], field: str = 'raw'):
-  """(layers, steps, matrix[layer, step]) of one telemetry field."""
+  """(layers, steps, matrix[layer, step]) of one telemetry field; a stacked
+  leaf contributes one row per stacked layer."""
   train = [r for r in records if r['split'] == 'train']
   prefix = f'trust_ratio/{field}/'
+  # One row per layer; a stacked leaf's slices ('blocks/fc1/kernel[3]') in
+  # numeric order.
+  natural = lambda name: [int(t) if t.isdigit() else t
+                          for t in re.split(r'(\d+)', name)]
   layers = sorted({k[len(prefix):] for r in train for k in r
-                   if k.startswith(prefix)})
+                   if k.startswith(prefix)}, key=natural)
   steps = [r['step'] for r in train]
   matrix = np.array([[r.get(prefix + name, np.nan) for r in train]
                      for name in layers], dtype=float)
@@ -34,25 +40,54 @@ def trust_ratio_matrix(records: list[dict], field: str = 'raw'):
 def _save(plt, fig, ax, out, title, xlabel, ylabel) -> str:
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title)
+  ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
 
 
-def plot_accuracy(curves: dict[str, list[tuple[float, float]]], out: str,
-                  title: str = '', xlabel: str = 'step') -> str:
-  """One line per label: ``curves[label] = [(x, accuracy), ...]``."""
+_STYLES = [('-', 'o'), ('--', 's'), ('-.', '^'), (':', 'D'), ('-', 'v'),
+           ('--', 'P')]
+
+
+def plot_accuracy(curves: dict[str, list[tuple[float, ...]]], out: str,
+                  title: str = '', xlabel: str = 'step',
+                  ylabel: str = 'test accuracy') -> str:
+  """One line per label.
+
+  ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
+  a mean over seeds drawn with a shaded ``[lo, hi]`` band. Every line has its
+  own style and marker, so curves that coincide stay distinguishable, and the
+  y-axis starts where the curves have left their first quarter (the
+  interesting region), not at 0.
+  """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for label, points in curves.items():
-    if points:
-      x, y = zip(*points, strict=True)
-      ax.plot(x, y, label=label)
-  return _save(plt, fig, ax, out, title, xlabel, 'test accuracy')
+  tails = []
+  for i, (label, points) in enumerate(curves.items()):
+    if not points:
+      continue
+    cols = list(zip(*points, strict=True))
+    x, y = np.asarray(cols[0]), np.asarray(cols[1])
+    style, marker = _STYLES[i % len(_STYLES)]
+    line, = ax.plot(x, y, style, marker=marker, markevery=max(1, len(x) // 8),
+                    markersize=4, label=label, linewidth=1.4)
+    lo = hi = y
+    if len(cols) == 4:
+      lo, hi = np.asarray(cols[2]), np.asarray(cols[3])
+      ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15,
+                      linewidth=0)
+    tails.append(lo[len(lo) // 4:])
+  if tails:
+    bottom = float(np.min(np.concatenate(tails)))
+    top = max(float(np.max(c[1])) for c in (list(zip(*p, strict=True))
+                                             for p in curves.values() if p))
+    pad = max(0.01, 0.05 * (top - bottom))
+    ax.set_ylim(bottom - pad, min(1.0, top) + pad)
+  return _save(plt, fig, ax, out, title, xlabel, ylabel)
 
 
 def plot_trust_ratio_heatmap(records: list[dict], out: str,
@@ -94,13 +129,15 @@ def plot_run(workdir: str) -> list[str]:
   """Accuracy curves and trust-ratio heat-maps for one training run."""
   records = read_metrics(workdir)
   curves = {
-      'train (running mean)': [(r['step'], r['accuracy']) for r in records
-                               if r['split'] == 'train'],
-      'test': [(r['step'], r['accuracy']) for r in records
-               if r['split'] == 'eval'],
+      'train (mean over each log interval)': [
+          (r['step'], r['accuracy']) for r in records
+          if r['split'] == 'train'],
+      'test (whole eval split)': [(r['step'], r['accuracy']) for r in records
+                                  if r['split'] == 'eval'],
   }
   outs = [plot_accuracy(curves, os.path.join(workdir, 'accuracy.png'),
-                        title=os.path.basename(os.path.abspath(workdir)))]
+                        title=os.path.basename(os.path.abspath(workdir)),
+                        ylabel='accuracy')]
   if any(k.startswith('trust_ratio/raw/') for r in records for k in r):
     for field in ('raw', 'applied'):
       outs.append(plot_trust_ratio_heatmap(

@@ -166,11 +166,13 @@ def build(config: Config) -> Experiment:
                             telemetry=_has_trust_ratio(opt_state),
                             mode=parallel.mode)
   train_step = parallel.compile_step(step_fn, state)
-  return Experiment(config, parallel, apply, tx, schedule,
-                    parallel.place_state(state), train_step, steps_per_epoch,
-                    total_steps, input_pipeline.train_dataset(config,
-                                                              train_source),
-                    eval_source, jax.jit(make_eval_step(apply)))
+  return Experiment(
+      config=config, parallel=parallel, apply=apply, tx=tx,
+      schedule=schedule, state=parallel.place_state(state),
+      train_step=train_step, steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
+      train_ds=input_pipeline.train_dataset(config, train_source),
+      eval_source=eval_source, eval_step=jax.jit(make_eval_step(apply)))
 
 
 def evaluate(exp: Experiment, state: TrainState) -> dict:
