@@ -38,40 +38,38 @@ def unroll(tree: dict) -> dict:
   return out
 
 
-def run(layer_axes, stacked: bool) -> tuple[dict, dict]:
-  """20 steps; returns (final params as unrolled blocks, first-step stats)."""
+def setup():
+  """The model's pure params and one jitted gradient function, shared by the
+  three runs (the same model, so it compiles once)."""
   with nnx.use_eager_sharding(False):
     model = StackedResidualMLP(D, L, 10, nnx.Rngs(0))
   k = model.blocks.fc1.kernel
   k[...] = k[...] * jnp.asarray(SCALES)[:, None, None]
   graphdef, params = nnx.split(model, nnx.Param)
-  params = nnx.to_pure_dict(params)
   x, y = data()
 
   def loss(p):
-    m = nnx.merge(graphdef, p)
-    return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    logits = nnx.merge(graphdef, p)(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  tx = optax_lambc.lambc(1e-2, layer_axes=layer_axes)
-  grad_fn = jax.jit(jax.grad(loss))
+  return model, nnx.to_pure_dict(params), jax.jit(jax.grad(loss))
+
+
+def run(params: dict, grad_fn, layer_axes, stacked: bool
+        ) -> tuple[dict, optax_lambc.TrustRatioStats]:
+  """20 steps; returns (final params as unrolled blocks, first-step stats)."""
   if not stacked:
-    tx_u = optax_lambc.lambc(1e-2)
-    p_u = unroll(params)
-    state = tx_u.init(p_u)
-    first = None
-    for _ in range(STEPS):
-      g = unroll(grad_fn(_restack(p_u)))
-      upd, state = tx_u.update(g, state, p_u)
-      p_u = optax.apply_updates(p_u, upd)
-      first = first or optax_lambc.trust_ratio_stats(state)
-    return p_u, first
-  state = tx.init(params)
-  first = None
+    tx, p = optax_lambc.lambc(1e-2), unroll(params)
+    grads = lambda p: unroll(grad_fn(_restack(p)))
+  else:
+    tx, p = optax_lambc.lambc(1e-2, layer_axes=layer_axes), params
+    grads = grad_fn
+  state, first, update = tx.init(p), None, jax.jit(tx.update)
   for _ in range(STEPS):
-    upd, state = tx.update(grad_fn(params), state, params)
-    params = optax.apply_updates(params, upd)
+    updates, state = update(grads(p), state, p)
+    p = optax.apply_updates(p, updates)
     first = first or optax_lambc.trust_ratio_stats(state)
-  return unroll(params), first
+  return (p if not stacked else unroll(p)), first
 
 
 def _restack(p_u: dict) -> dict:
@@ -85,13 +83,12 @@ def _fmt(xs) -> str:
 
 
 def main() -> dict:
-  with nnx.use_eager_sharding(False):
-    model = StackedResidualMLP(D, L, 10, nnx.Rngs(0))
+  model, params, grad_fn = setup()
   axes = optax_lambc.layer_axes_from_flax(model)
-  reference, ref_stats = run(None, stacked=False)
+  reference, ref_stats = run(params, grad_fn, None, stacked=False)
   out = {}
   for name, layer_axes in (('per leaf', None), ('layer_axes', axes)):
-    final, stats = run(layer_axes, stacked=True)
+    final, stats = run(params, grad_fn, layer_axes, stacked=True)
     drift = [float(jnp.linalg.norm(final[f'block{i}']['fc1']['kernel'] -
                                    reference[f'block{i}']['fc1']['kernel']) /
                    jnp.linalg.norm(reference[f'block{i}']['fc1']['kernel']))
