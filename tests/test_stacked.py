@@ -311,3 +311,21 @@ def test_stacked_bias_is_still_a_bias():
       'bias': False, 'kernel': True, 'flat_kernel': True}
   # Without the layer axes a stacked bias looks like a kernel (the old bug).
   assert optax_lambc.exclude_bias_and_norm(params)['bias'] is True
+
+
+def test_nan_and_zero_rules_apply_per_slice():
+  # A NaN in one stacked layer's update makes only that layer's ratio NaN; a
+  # zero-initialised layer gets ratio 1 (then clipped), its neighbours their
+  # own ratios.
+  params = jnp.stack([jnp.full((2, 2), 3.0), jnp.zeros((2, 2)),
+                      jnp.full((2, 2), 0.5)])
+  updates = jnp.ones((3, 2, 2)).at[2, 0, 0].set(jnp.nan)
+  t = optax_lambc.scale_by_clipped_trust_ratio(max_trust_ratio=2.0,
+                                               layer_axes=0)
+  u, s = t.update(updates, t.init(params), params)
+  raw = np.asarray(s.raw_ratio)
+  assert raw[0] == pytest.approx(3.0) and raw[1] == 1.0 and np.isnan(raw[2])
+  np.testing.assert_allclose(np.asarray(s.applied_ratio)[:2], [2.0, 1.0])
+  np.testing.assert_allclose(np.asarray(u[0]), 2.0)
+  assert np.isnan(np.asarray(u[2])).all()
+  assert np.isfinite(np.asarray(u[:2])).all()
