@@ -9,7 +9,7 @@ import optax
 from optax_lambc import _validation
 from optax_lambc import bounds as bounds_lib
 from optax_lambc import layers
-from optax_lambc.layers import ScaleByClippedTrustRatioState  # noqa: F401
+from optax_lambc.layers import ScaleByClippedTrustRatioState
 
 
 def phi(param_norm: jax.Array,
