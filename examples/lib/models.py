@@ -1,6 +1,7 @@
-"""Flax NNX models: CIFAR and 64x64 ResNets, small nets for the demo, and a
+"""Flax NNX models: CIFAR and 64x64 ResNets, small nets for the demo, a
 residual MLP whose blocks are stacked and scanned (the layout of scanned
-transformers)."""
+transformers), and the registry that also holds the transformer language
+models of ``examples.lib.transformer``."""
 
 from collections.abc import Callable
 from functools import partial
@@ -8,6 +9,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+import optax_lambc
+from examples.lib import transformer
 
 
 class BasicBlock(nnx.Module):
@@ -135,11 +139,19 @@ class StackedResidualMLP(nnx.Module):
     return self.head(body(x, self.blocks))
 
 
+def _language_model(size: str, *, num_classes: int, width: int,
+                    bn_axis_name: str | None, rngs: nnx.Rngs):
+  del num_classes, width, bn_axis_name  # the size fixes them; no BatchNorm
+  return transformer.TransformerLM(transformer.SIZES[size], rngs=rngs)
+
+
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     'resnet18_cifar': partial(ResNet, (2, 2, 2, 2), first_stride=1),
     'resnet18_64': partial(ResNet, (2, 2, 2, 2), first_stride=2),
     'resnet34_64': partial(ResNet, (3, 4, 6, 3), first_stride=2),
     'small_cnn': SmallCNN,
+    **{f'transformer_{size}': partial(_language_model, size)
+       for size in transformer.SIZES},
 }
 
 
@@ -149,6 +161,14 @@ def create_model(name: str, num_classes: int, width: int, seed: int,
     raise ValueError(f'unknown model {name!r}; known: {", ".join(MODELS)}')
   return MODELS[name](num_classes=num_classes, width=width,
                       bn_axis_name=bn_axis_name, rngs=nnx.Rngs(seed))
+
+
+def layer_axes(model: nnx.Module):
+  """The optimizer's ``layer_axes``: read from the 'layers' partition
+  metadata of models with stacked blocks; None (a leaf is a layer) else."""
+  if isinstance(model, transformer.TransformerLM):
+    return optax_lambc.layer_axes_from_flax(model)
+  return None
 
 
 def split(model: nnx.Module):
