@@ -2,7 +2,8 @@
 
 Training batches come from a random-access ``grain.MapDataset``: shuffled per
 epoch with the run's seed, sliced per process (each host reads only its shard),
-augmented, normalised and batched with ``drop_remainder``. Batch ``i`` is
+augmented, normalised (images) or split into inputs and targets (text; see
+``examples.lib.text_data``) and batched with ``drop_remainder``. Batch ``i`` is
 ``dataset[i]``, so the iterator position is just the step number: checkpoints
 store it and a resumed run continues with the exact batches it would have seen.
 """
@@ -14,6 +15,7 @@ import grain
 import jax
 import numpy as np
 
+from examples.lib import text_data
 from examples.lib.config import Config
 
 NORMALISATION = {  # per-channel mean and std of the training images (0..1)
@@ -53,9 +55,24 @@ class DigitsSource:
 
 
 def get_source(config: Config, split: str) -> Sequence[dict]:
-  """A random-access sequence of ``{'image': HxWxC uint8, 'label': int}``."""
+  """A random-access sequence of examples of one split.
+
+  Images: ``{'image': HxWxC uint8, 'label': int}``. Text (a language model):
+  ``{'tokens': uint8[seq_len + 1], 'weights': float32[seq_len]}`` from the
+  offline standard-library corpus (``dataset='stdlib'``) or a tfds text
+  dataset's ``text`` feature.
+  """
   if config.dataset == 'digits':
     return DigitsSource(split).load()
+  if config.dataset == 'stdlib':
+    return text_data.StdlibCorpus(split, config.seq_len)
+  source = _tfds_source(config, split)
+  if config.language_model:
+    return text_data.TextSource(source, config.seq_len)
+  return source
+
+
+def _tfds_source(config: Config, split: str) -> Sequence[dict]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if config.mock_data:
     with tfds.testing.mock_data(num_examples=config.mock_num_examples):
@@ -74,6 +91,12 @@ def get_source(config: Config, split: str) -> Sequence[dict]:
         '--set mock_data=true to try the pipeline on fake data.') from e
 
 
+def data_fingerprint(source: Sequence[dict]) -> dict | None:
+  """What a text corpus is (recorded with every result), else None."""
+  fingerprint = getattr(source, 'fingerprint', None)
+  return fingerprint() if fingerprint is not None else None
+
+
 def _augment(example: dict, rng: np.random.Generator) -> dict:
   """Random crop with 4 pixels of zero padding, then a horizontal flip."""
   image = example['image']
@@ -84,6 +107,17 @@ def _augment(example: dict, rng: np.random.Generator) -> dict:
   if rng.random() < 0.5:
     image = image[:, ::-1]
   return {**example, 'image': image}
+
+
+def _lm_example(example: dict) -> dict:
+  tokens = np.asarray(example['tokens'], np.int32)
+  return {'inputs': tokens[:-1], 'targets': tokens[1:],
+          'weights': np.asarray(example['weights'], np.float32)}
+
+
+def preprocess(config: Config):
+  """The per-example map from a source row to what the model reads."""
+  return _lm_example if config.language_model else _normalise(config.dataset)
 
 
 def _normalise(dataset: str):
@@ -105,24 +139,30 @@ def train_dataset(config: Config, source: Sequence[dict]) -> grain.MapDataset:
                      f'divisible by the {n_proc} processes')
   ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
   ds = ds[jax.process_index()::n_proc]
-  if config.augment:
+  if config.augment and not config.language_model:
     ds = ds.random_map(_augment, seed=config.seed + 1)
-  ds = ds.map(_normalise(config.dataset))
+  ds = ds.map(preprocess(config))
   return ds.batch(config.global_batch_size // n_proc, drop_remainder=True)
 
 
 def eval_batches(config: Config, source: Sequence[dict], batch_size: int):
-  """This process's eval examples in padded batches with a ``mask``."""
-  norm = _normalise(config.dataset)
-  mine = list(range(jax.process_index(), len(source), jax.process_count()))
+  """This process's eval examples in padded batches with a ``mask``.
+
+  The first ``config.eval_examples`` examples of the split (all if 0).
+  """
+  norm = preprocess(config)
+  total = len(source)
+  if config.eval_examples:
+    total = min(total, config.eval_examples)
+  mine = list(range(jax.process_index(), total, jax.process_count()))
   # Every process yields the same number of batches (collectives need it).
-  per_proc = -(-len(source) // jax.process_count())
+  per_proc = -(-total // jax.process_count())
   padding = norm(source[0])  # masked out; any example of the right shape
   for start in range(0, per_proc, batch_size):
     idx = mine[start:start + batch_size]
     examples = [norm(source[i]) for i in idx]
     n = len(examples)
     examples += [padding] * (batch_size - n)
-    yield {'image': np.stack([e['image'] for e in examples]),
-           'label': np.stack([e['label'] for e in examples]),
-           'mask': np.arange(batch_size) < n}
+    batch = {k: np.stack([e[k] for e in examples]) for k in padding}
+    batch['mask'] = np.arange(batch_size) < n
+    yield batch
