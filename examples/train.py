@@ -1,6 +1,6 @@
 """Train one task: ``python -m examples.train cifar10 --workdir runs/c10``.
 
-Presets: cifar10, imagenet64, digits. Override any field with
+Presets: cifar10, imagenet64, digits, lm. Override any field with
 ``--set key=value`` (e.g. ``--set optimizer=lamb --set mock_data=true``).
 Multi-host: every process runs the same command; set ``JAX_COORDINATOR``,
 ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (or run on a TPU pod, where
@@ -68,7 +68,11 @@ def main(argv=None) -> None:
   except (ValueError, FileNotFoundError) as e:  # bad config, caught by build
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(2) from None
-  if 'eval' in result:
+  if 'eval' in result and 'bits_per_byte' in result['eval']:
+    print(f"final {config.eval_split} bits/byte "
+          f"{result['eval']['bits_per_byte']:.4f} ({result['eval']['count']:,}"
+          f" bytes; next-byte accuracy {result['eval']['accuracy']:.4f})")
+  elif 'eval' in result:
     print(f"final eval accuracy {result['eval']['accuracy']:.4f} "
           f"({result['eval']['count']} examples)")
 

@@ -12,7 +12,7 @@ class Config:
   """Everything a training run needs. Presets live in ``examples.configs``."""
 
   # Data.
-  dataset: str = 'cifar10'  # a tfds name, or 'digits' (scikit-learn, offline)
+  dataset: str = 'cifar10'  # a tfds name, 'digits' or 'stdlib' (offline)
   train_split: str = 'train'  # tfds split to train on
   eval_split: str = 'test'  # tfds split to evaluate on
   data_dir: str | None = None  # tfds prepared data (ArrayRecord)
@@ -20,15 +20,18 @@ class Config:
   mock_num_examples: int = 256  # examples per split with mock_data
   image_size: int = 32  # input height and width
   augment: bool = True  # random crop (pad 4) + horizontal flip
+  seq_len: int = 64  # language models: bytes per sequence
+  eval_examples: int = 0  # evaluate on the first N examples (0: all)
   # Model.
   model: str = 'resnet18_cifar'  # see examples.lib.models.MODELS
-  width: int = 64  # base channel width (the paper's ResNet-18: 64)
-  num_classes: int = 10  # output classes
+  width: int = 64  # CNNs: base channel width (the paper's ResNet-18: 64)
+  num_classes: int = 10  # CNNs: output classes
   # Optimizer.
   optimizer: str = 'lambc'  # lambc | lamb | adamw | sgd | larc
   learning_rate: float = 1e-2  # peak learning rate
   schedule: str = 'cosine'  # cosine | step | constant
   warmup_epochs: float = 0.0  # linear warm-up from 0
+  warmup_fraction: float = 0.0  # more warm-up, as a fraction of the steps
   step_decay_at: tuple[float, ...] = (0.5, 0.75)  # fractions of training
   step_decay_factor: float = 0.1  # step schedule multiplier
   weight_decay: float = 0.0  # decoupled weight decay
@@ -43,6 +46,7 @@ class Config:
   momentum: float = 0.9  # sgd, larc
   # Schedule of the run.
   global_batch_size: int = 1000  # examples per step, all devices
+  accum_steps: int = 1  # micro-batches per step (gradient accumulation)
   num_epochs: float = 80.0  # length of training
   num_train_steps: int | None = None  # overrides num_epochs
   eval_every_steps: int = 0  # 0: at the end of each epoch
@@ -55,6 +59,11 @@ class Config:
   # Parallelism.
   parallel: str = 'jit'  # jit | pmap | shard_map | fsdp
   progress: bool = True  # tqdm progress bar
+
+  @property
+  def language_model(self) -> bool:
+    """A byte-level LM (``transformer_*`` models) rather than a classifier."""
+    return self.model.startswith('transformer')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)

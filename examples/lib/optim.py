@@ -1,5 +1,7 @@
 """Optimizers and learning-rate schedules from a Config."""
 
+import functools
+
 import optax
 
 import optax_lambc
@@ -11,7 +13,8 @@ OPTIMIZERS = ('lambc', 'lamb', 'adamw', 'sgd', 'larc')
 def learning_rate_schedule(config: Config, steps_per_epoch: int,
                            total_steps: int) -> optax.Schedule:
   """Linear warm-up, then cosine decay, step decay or a constant."""
-  warmup = int(config.warmup_epochs * steps_per_epoch)
+  warmup = int(config.warmup_epochs * steps_per_epoch +
+               config.warmup_fraction * total_steps)
   rest = max(total_steps - warmup, 1)
   if config.schedule == 'cosine':
     main = optax.cosine_decay_schedule(config.learning_rate, rest)
@@ -49,20 +52,30 @@ def _bounds(config: Config):
 
 
 def create_optimizer(config: Config, schedule: optax.Schedule,
-                     axis_name=None) -> optax.GradientTransformation:
-  """The optimizer named by ``config.optimizer``, over pure-dict params."""
-  mask = optax_lambc.exclude_bias_and_norm if config.exclude_bias_and_norm \
-      else None
+                     axis_name=None, layer_axes=None
+                     ) -> optax.GradientTransformation:
+  """The optimizer named by ``config.optimizer``, over pure-dict params.
+
+  ``layer_axes`` (from ``optax_lambc.layer_axes_from_flax`` for stacked
+  blocks) gives LAMB, LAMBC and LARC one trust ratio per stacked layer, and
+  makes the bias/norm mask judge each layer's rank, not the stacked leaf's.
+  """
+  mask = None
+  if config.exclude_bias_and_norm:
+    mask = functools.partial(optax_lambc.exclude_bias_and_norm,
+                             layer_axes=layer_axes)
   name = config.optimizer
   if name == 'lambc':
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay,
         min_trust_ratio=config.min_trust_ratio, max_trust_ratio=_bounds(config),
-        mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
+        mask=mask, trust_ratio_mask=mask, axis_name=axis_name,
+        layer_axes=layer_axes)
   if name == 'lamb':  # LAMB = LAMBC without an upper bound, same masks
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay, max_trust_ratio=None,
-        mask=mask, trust_ratio_mask=mask, axis_name=axis_name)
+        mask=mask, trust_ratio_mask=mask, axis_name=axis_name,
+        layer_axes=layer_axes)
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
   if name == 'sgd':
@@ -72,6 +85,6 @@ def create_optimizer(config: Config, schedule: optax.Schedule,
     return optax_lambc.larc(schedule, momentum=config.momentum,
                             weight_decay=config.weight_decay,
                             weight_decay_mask=mask, trust_ratio_mask=mask,
-                            axis_name=axis_name)
+                            axis_name=axis_name, layer_axes=layer_axes)
   raise ValueError(f'unknown optimizer {name!r}; known: '
                    f'{", ".join(OPTIMIZERS)}')
