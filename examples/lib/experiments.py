@@ -7,13 +7,14 @@ so an interrupted grid picks up where it stopped.
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 from typing import Any
 
 from examples.lib import plots
 from examples.lib.config import Config
-from examples.lib.train import train_and_evaluate
+from examples.lib.train import NonFiniteError, train_and_evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +24,11 @@ class Setting:
   row: str  # e.g. 'batch 1000'
   col: str  # e.g. 'max ratio 1'
   overrides: dict[str, Any]
+  dirname: str | None = None  # default: from row and col
 
   @property
   def name(self) -> str:
-    text = f'{self.row}__{self.col}'
+    text = self.dirname or f'{self.row}__{self.col}'
     return ''.join(c if c.isalnum() or c in '._-' else '_' for c in text)
 
 
@@ -48,11 +50,17 @@ def run_grid(base: Config, settings: list[Setting], seeds: list[int],
         results.append(json.load(f))
     else:
       config = base.replace(**setting.overrides, seed=seed, progress=False)
-      out = train_and_evaluate(config, workdir)
       record = {'row': setting.row, 'col': setting.col, 'seed': seed,
-                'workdir': workdir, 'steps': out['steps'],
-                'accuracy': out['eval']['accuracy'],
-                'loss': out['eval']['loss']}
+                'workdir': workdir}
+      try:
+        out = train_and_evaluate(config, workdir)
+        record.update(steps=out['steps'], diverged=False, **out['eval'])
+        if 'data' in out:
+          record['data'] = out['data']
+      except NonFiniteError as e:  # a result too: this setting diverged
+        record.update(steps=None, diverged=True, error=str(e),
+                      accuracy=math.nan, loss=math.nan,
+                      bits_per_byte=math.nan)
       with open(done, 'w') as f:
         json.dump(record, f)
       results.append(record)
@@ -65,18 +73,28 @@ def run_grid(base: Config, settings: list[Setting], seeds: list[int],
   return results
 
 
-def summarize(results: list[dict]) -> dict[tuple[str, str], tuple]:
-  """(row, col) -> (mean, std, n) of the final test accuracy."""
+def summarize(results: list[dict], key: str = 'accuracy'
+              ) -> dict[tuple[str, str], tuple]:
+  """(row, col) -> (mean, std, n, diverged) of a final eval metric; mean and
+  std are over the seeds that did not diverge."""
   cells: dict[tuple[str, str], list[float]] = {}
   for r in results:
-    cells.setdefault((r['row'], r['col']), []).append(r['accuracy'])
-  return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0,
-              len(v)) for k, v in cells.items()}
+    cells.setdefault((r['row'], r['col']), []).append(r[key])
+  out = {}
+  for k, v in cells.items():
+    ok = [x for x in v if math.isfinite(x)]
+    out[k] = (statistics.mean(ok) if ok else math.nan,
+              statistics.stdev(ok) if len(ok) > 1 else 0.0, len(v),
+              len(v) - len(ok))
+  return out
 
 
-def markdown_table(results: list[dict], settings: list[Setting]) -> str:
-  """Rows x columns of 'mean ± std' test accuracy (in %)."""
-  summary = summarize(results)
+def markdown_table(results: list[dict], settings: list[Setting],
+                   key: str = 'accuracy', scale: float = 100.0,
+                   decimals: int = 2) -> str:
+  """Rows x columns of 'mean ± std' of a final eval metric (default: test
+  accuracy in %); runs that diverged are counted, not averaged."""
+  summary = summarize(results, key)
   rows = list(dict.fromkeys(s.row for s in settings))
   cols = list(dict.fromkeys(s.col for s in settings))
   lines = ['| | ' + ' | '.join(cols) + ' |',
@@ -84,18 +102,23 @@ def markdown_table(results: list[dict], settings: list[Setting]) -> str:
   for row in rows:
     cells = []
     for col in cols:
-      if (row, col) in summary:
-        mean, std, n = summary[(row, col)]
-        cells.append(f'{100 * mean:.2f} ± {100 * std:.2f} (n={n})')
-      else:
+      if (row, col) not in summary:
         cells.append('–')
+        continue
+      mean, std, n, diverged = summary[(row, col)]
+      if diverged == n:
+        cells.append(f'diverged (n={n})')
+        continue
+      cell = f'{scale * mean:.{decimals}f} ± {scale * std:.{decimals}f} (n={n}'
+      cells.append(cell + (f', {diverged} diverged)' if diverged else ')'))
     lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-def accuracy_curves(results: list[dict], row: str) -> dict[str, list]:
-  """Test accuracy vs step per column of one row: ``(step, mean, min, max)``
-  over seeds."""
+def eval_curves(results: list[dict], row: str, key: str = 'accuracy',
+                x_per_step: float = 1.0) -> dict[str, list]:
+  """An eval metric vs step (times ``x_per_step``) per column of one row:
+  ``(x, mean, min, max)`` over seeds."""
   curves: dict[str, dict[int, list[float]]] = {}
   for r in results:
     if r['row'] != row:
@@ -103,8 +126,8 @@ def accuracy_curves(results: list[dict], row: str) -> dict[str, list]:
     for rec in plots.read_metrics(r['workdir']):
       if rec['split'] == 'eval':
         curves.setdefault(r['col'], {}).setdefault(rec['step'], []).append(
-            rec['accuracy'])
-  return {col: sorted((step, statistics.mean(v), min(v), max(v))
+            rec[key])
+  return {col: sorted((step * x_per_step, statistics.mean(v), min(v), max(v))
                       for step, v in pts.items())
           for col, pts in curves.items()}
 
@@ -120,8 +143,8 @@ def write_report(results: list[dict], settings: list[Setting], root: str,
   seeds = len({r['seed'] for r in results})
   for row in dict.fromkeys(s.row for s in settings):
     name = ''.join(c if c.isalnum() else '_' for c in row)
-    paths.append(plots.plot_accuracy(
-        accuracy_curves(results, row),
+    paths.append(plots.plot_curves(
+        eval_curves(results, row),
         os.path.join(root, f'accuracy_{name}.png'),
         title=f'{title}: {row}\nmean over {seeds} seed(s); band: min-max'))
   return paths

@@ -53,21 +53,24 @@ _STYLES = [('-', 'o'), ('--', 's'), ('-.', '^'), (':', 'D'), ('-', 'v'),
            ('--', 'P')]
 
 
-def plot_accuracy(curves: dict[str, list[tuple[float, ...]]], out: str,
-                  title: str = '', xlabel: str = 'step',
-                  ylabel: str = 'test accuracy') -> str:
+def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
+                title: str = '', xlabel: str = 'step',
+                ylabel: str = 'test accuracy',
+                higher_is_better: bool = True) -> str:
   """One line per label.
 
   ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
   a mean over seeds drawn with a shaded ``[lo, hi]`` band. Every line has its
   own style and marker, so curves that coincide stay distinguishable, and the
-  y-axis starts where the curves have left their first quarter (the
-  interesting region), not at 0.
+  y-axis is cut where the curves have left their first quarter (the
+  interesting region: the bottom for an accuracy, capped at 1; the top for a
+  loss, ``higher_is_better=False``).
   """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  tails = []
+  tails, ends = [], []
   for i, (label, points) in enumerate(curves.items()):
+    points = [p for p in points if np.isfinite(p[1])]
     if not points:
       continue
     cols = list(zip(*points, strict=True))
@@ -80,32 +83,57 @@ def plot_accuracy(curves: dict[str, list[tuple[float, ...]]], out: str,
       lo, hi = np.asarray(cols[2]), np.asarray(cols[3])
       ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15,
                       linewidth=0)
-    tails.append(lo[len(lo) // 4:])
+    tails.append((lo if higher_is_better else hi)[len(lo) // 4:])
+    ends.append(hi if higher_is_better else lo)
   if tails:
-    bottom = float(np.min(np.concatenate(tails)))
-    top = max(float(np.max(c[1])) for c in (list(zip(*p, strict=True))
-                                             for p in curves.values() if p))
+    tail = np.concatenate(tails)
+    tail = tail[np.isfinite(tail)]
+    end = np.concatenate(ends)
+    end = end[np.isfinite(end)]
+    if higher_is_better:
+      bottom, top = float(np.min(tail)), min(1.0, float(np.max(end)))
+    else:
+      bottom, top = float(np.min(end)), float(np.max(tail))
     pad = max(0.01, 0.05 * (top - bottom))
-    ax.set_ylim(bottom - pad, min(1.0, top) + pad)
+    ax.set_ylim(bottom - pad, top + pad)
   return _save(plt, fig, ax, out, title, xlabel, ylabel)
 
 
 def plot_trust_ratio_heatmap(records: list[dict], out: str,
                              field: str = 'raw') -> str:
   """Layer x step heat-map of log10 of a trust-ratio field."""
+  return plot_trust_ratio_heatmaps({'': records}, out, field)
+
+
+def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
+                              field: str = 'raw', title: str = '') -> str:
+  """Side-by-side layer x step heat-maps (one per run) of log10 of a
+  trust-ratio field, on one colour scale; one row per (stacked) layer."""
   plt = _plt()
-  layers, steps, m = trust_ratio_matrix(records, field)
-  fig, ax = plt.subplots(figsize=(8, 0.25 * len(layers) + 1.8))
+  mats = {label: trust_ratio_matrix(records, field)
+          for label, records in panels.items()}
   with np.errstate(divide='ignore', invalid='ignore'):
-    image = ax.imshow(np.log10(m), aspect='auto', cmap='viridis',
-                      interpolation='nearest',
+    logs = {k: np.log10(m) for k, (_, _, m) in mats.items()}
+  finite = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
+  vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size \
+      else (None, None)
+  n_layers = max(len(layers) for layers, _, _ in mats.values())
+  fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                           figsize=(4.5 * len(panels) + 2.5,
+                                    0.17 * n_layers + 2.0))
+  image = None
+  for ax, (label, (layers, steps, _)) in zip(axes[0], mats.items(),
+                                              strict=True):
+    image = ax.imshow(logs[label], aspect='auto', cmap='viridis',
+                      interpolation='nearest', vmin=vmin, vmax=vmax,
                       extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
-  ax.set_yticks(range(len(layers)), layers, fontsize=6)
-  ax.set_xlabel('step')
-  ax.set_title(f'log10 {field} trust ratio per layer')
-  fig.colorbar(image, ax=ax)
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
+    ax.set_yticks(range(len(layers)), layers, fontsize=6)
+    ax.set_xlabel('step')
+    ax.set_title(label or f'log10 {field} trust ratio per layer', fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.colorbar(image, ax=list(axes[0]), label=f'log10 {field} trust ratio')
+  fig.savefig(out, dpi=120, bbox_inches='tight')
   plt.close(fig)
   return out
 
@@ -135,7 +163,7 @@ def plot_run(workdir: str) -> list[str]:
       'test (whole eval split)': [(r['step'], r['accuracy']) for r in records
                                   if r['split'] == 'eval'],
   }
-  outs = [plot_accuracy(curves, os.path.join(workdir, 'accuracy.png'),
+  outs = [plot_curves(curves, os.path.join(workdir, 'accuracy.png'),
                         title=os.path.basename(os.path.abspath(workdir)),
                         ylabel='accuracy')]
   if any(k.startswith('trust_ratio/raw/') for r in records for k in r):
