@@ -51,7 +51,7 @@ BASE = {'exclude_bias_and_norm': False, 'warmup_fraction': 0.1,
         'weight_decay': 0.01, 'checkpoint_every_steps': 0,
         'eval_examples': 1024}
 TINY = {'batches': (4, 8), 'tokens': 4 * 8 * 16, 'micro_batch': 4,
-        'lrs': 2, 'overrides': {'seq_len': 16, 'eval_examples': 32}}
+        'lrs': 1, 'overrides': {'seq_len': 16, 'eval_examples': 32}}
 
 
 def _steps(batch: int, tokens: int, seq_len: int) -> int:

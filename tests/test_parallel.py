@@ -81,3 +81,14 @@ def test_fsdp_checkpoint_restores_into_shardings():
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert 'every restored leaf has its target sharding' in out.stdout
   assert 'the resumed run equals the uninterrupted one' in out.stdout
+
+
+def test_language_model_step_sharded_and_accumulated_equals_one_device():
+  out = subprocess.run([sys.executable, os.path.join(SCRIPTS,
+                                                     'lm_parallel_check.py')],
+                       capture_output=True, text=True, env=_env(), timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  for mode in ('jit', 'fsdp'):
+    for accum in (1, 4):
+      assert (f'lm {mode}, accum_steps={accum} over 8 devices: 2 steps equal '
+              'the single-device steps') in out.stdout
