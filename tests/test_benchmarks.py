@@ -52,3 +52,20 @@ def test_trees_have_the_advertised_sizes():
   assert 25.0e6 < sizes['resnet50'] < 26.0e6
   assert 105e6 < sizes['bert_base'] < 112e6
   assert size('deep1000')[1] == 1000
+
+
+def test_lm_tokens_benchmark_compares_optimizers_in_one_run(tmp_path, capsys):
+  from benchmarks import lm_tokens  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'lm.json'
+  result = lm_tokens.main(['--tiny', '--json', str(out)])
+  assert json.loads(out.read_text())['rows'].keys() == result['rows'].keys()
+  rows = result['rows']
+  assert set(rows) == {'adamw', 'optax.lamb', 'lamb', 'lambc',
+                       'lambc+telemetry'}
+  assert rows['adamw']['vs_adamw'] == 1.0
+  assert rows['optax.lamb']['vs_optax_lamb'] == 1.0
+  for row in rows.values():
+    assert row['tokens_per_s'] > 0 and row['compile_s'] > 0
+    assert math.isclose(row['tokens_per_s'] * row['median_ms'] / 1e3,
+                        result['batch'] * result['seq_len'])
+  assert 'lambc+telemetry' in capsys.readouterr().out

@@ -194,6 +194,7 @@ class Experiment:
   eval_source: Any
   eval_step: Any
   data_info: dict | None = None  # a text corpus's fingerprint per split
+  layer_axes: Any = None  # of stacked blocks (layer_axes_from_flax)
 
 
 def build(config: Config) -> Experiment:
@@ -246,7 +247,8 @@ def build(config: Config) -> Experiment:
       total_steps=total_steps,
       train_ds=input_pipeline.train_dataset(config, train_source),
       eval_source=eval_source, eval_step=jax.jit(make_eval_step(apply)),
-      data_info=_data_info(config, train_source, eval_source))
+      data_info=_data_info(config, train_source, eval_source),
+      layer_axes=layer_axes)
 
 
 def _data_info(config: Config, train_source, eval_source) -> dict | None:
