@@ -31,7 +31,7 @@ class TransformerConfig:
 
 
 # 'tiny' (0.2M params) is what a 2-core CPU trains in a minute; 'small'
-# (4.8M) suits one GPU. GPT-2 small and BERT-base share their sizes
+# (4.9M) suits one GPU. GPT-2 small and BERT-base share their sizes
 # (12 x 768, 12 heads, MLP 3072); BERT-base is bidirectional with 512
 # positions, this model is causal either way. Byte vocabulary throughout.
 SIZES = {
