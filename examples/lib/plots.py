@@ -154,18 +154,21 @@ def plot_raw_vs_applied(records: list[dict], out: str, max_layers: int = 8,
 
 
 def plot_run(workdir: str) -> list[str]:
-  """Accuracy curves and trust-ratio heat-maps for one training run."""
+  """Learning curves and trust-ratio heat-maps for one training run:
+  ``accuracy.png`` for a classifier, ``bits_per_byte.png`` for a language
+  model."""
   records = read_metrics(workdir)
+  lm = any('bits_per_byte' in r for r in records)
+  key = 'bits_per_byte' if lm else 'accuracy'
   curves = {
       'train (mean over each log interval)': [
-          (r['step'], r['accuracy']) for r in records
-          if r['split'] == 'train'],
-      'test (whole eval split)': [(r['step'], r['accuracy']) for r in records
-                                  if r['split'] == 'eval'],
+          (r['step'], r[key]) for r in records if r['split'] == 'train'],
+      'eval split': [(r['step'], r[key]) for r in records
+                     if r['split'] == 'eval'],
   }
-  outs = [plot_curves(curves, os.path.join(workdir, 'accuracy.png'),
-                        title=os.path.basename(os.path.abspath(workdir)),
-                        ylabel='accuracy')]
+  outs = [plot_curves(curves, os.path.join(workdir, f'{key}.png'),
+                      title=os.path.basename(os.path.abspath(workdir)),
+                      ylabel=key.replace('_', ' '), higher_is_better=not lm)]
   if any(k.startswith('trust_ratio/raw/') for r in records for k in r):
     for field in ('raw', 'applied'):
       outs.append(plot_trust_ratio_heatmap(

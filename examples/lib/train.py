@@ -284,7 +284,8 @@ def language_model_metrics(config: Config, record: dict) -> dict:
 
 
 def evaluate(exp: Experiment, state: TrainState) -> dict:
-  """Test loss and accuracy over the whole eval split (padded batches)."""
+  """Loss and accuracy over the eval split (its first ``eval_examples``, if
+  set; padded batches); a language model adds bits per byte."""
   single = exp.parallel.unplace_state(state)
   n_local = jax.local_device_count()
   # Each process feeds a multiple of its device count; the last batch is
