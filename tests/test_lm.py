@@ -161,3 +161,20 @@ def test_lm_batch_study_runs_end_to_end_in_tiny_mode(tmp_path):
   # Batch 8 accumulated two micro-batches of 4 at sqrt-scaled rates.
   run = next(r for r in result['results'] if r['row'] == 'batch 8')
   assert run['steps'] == 4
+
+
+@pytest.mark.parametrize('size,params', [('gpt2_small', 86_039_040),
+                                         ('bert_base', 85_645_824)])
+def test_large_configs_build_with_per_layer_axes(size, params):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import optax_lambc  # pylint: disable=g-import-not-at-top
+  from examples.lib import transformer  # pylint: disable=g-import-not-at-top
+  model = nnx.eval_shape(lambda: transformer.TransformerLM(
+      transformer.SIZES[size], rngs=nnx.Rngs(0)))  # shapes only, no memory
+  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert sum(x.size for x in leaves) == params
+  axes = optax_lambc.layer_axes_from_flax(model)
+  assert axes['blocks']['qkv']['kernel'] == (0,)
+  assert axes['embed']['embedding'] is None
+  qkv = nnx.state(model, nnx.Param)['blocks']['qkv']['kernel']
+  assert qkv.shape == (12, 768, 3 * 768)
