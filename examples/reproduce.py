@@ -4,7 +4,7 @@
       --set data_dir=~/tensorflow_datasets
   python -m examples.reproduce --experiment figure2 --seeds 0,1,2
   python -m examples.reproduce --experiment table1 --mock   # seconds, fake data
-  python -m examples.reproduce --experiment lm_batch        # 3 seeds, 37 min (2 cores)
+  python -m examples.reproduce --experiment lm_batch   # 37 min on 2 cores
 
 Experiments (the paper: Fong, Chen & Chen 2020, Sec. 4):
 
