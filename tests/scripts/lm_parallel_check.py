@@ -10,19 +10,13 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from examples.configs import lm  # noqa: E402
 from examples.lib import train as train_lib  # noqa: E402
+from trees import close  # noqa: E402  (tests/scripts/trees.py)
 
 assert jax.device_count() == 8, jax.devices()
 
-
-def close(a, b, what, rtol=1e-5, atol=1e-6):
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
-                          jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
-                               atol=atol, err_msg=f'{what} {path}')
 
 
 # Batch 32 over 8 devices: 4 sequences per device, so accum_steps=4 runs

@@ -17,16 +17,11 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import optax_lambc  # noqa: E402
 from examples.configs import cifar10  # noqa: E402
 from examples.lib import train as train_lib  # noqa: E402
+from trees import close  # noqa: E402  (tests/scripts/trees.py)
 from examples.lib.parallel import Parallel  # noqa: E402
 
 assert jax.device_count() == 8, jax.devices()
 
-
-def close(a, b, what, rtol=1e-5, atol=1e-6):
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
-                          jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
-                               atol=atol, err_msg=f'{what} {path}')
 
 
 config = cifar10().replace(
