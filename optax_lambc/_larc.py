@@ -4,11 +4,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from optax_lambc import _validation
-from optax_lambc import alias
-from optax_lambc import layers
+from optax_lambc import _checks
+from optax_lambc import _lambc
+from optax_lambc import _layers
 
 
 def _value(x: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
@@ -24,7 +25,7 @@ def scale_by_larc_trust_ratio(
     clip: bool = True,
     weight_decay_mask: optax.MaskOrFn = None,
     trust_ratio_mask: optax.MaskOrFn = None,
-    layer_axes: layers.LayerAxes = None,
+    layer_axes: _layers.LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
   r"""Adds weight decay, then scales each layer by LARC's local rate.
@@ -70,64 +71,62 @@ def scale_by_larc_trust_ratio(
     >>> t = optax_lambc.scale_by_larc_trust_ratio(0.1, trust_coefficient=0.02)
     >>> params = {'w': jnp.array([3.0, 4.0])}          # |w| = 5
     >>> u, s = t.update({'w': jnp.array([0.3, 0.4])}, t.init(params), params)
-    >>> print(f"{s.raw_ratio['w']:.3f} {s.applied_ratio['w']:.3f}")  # 0.2/0.1
-    2.000 1.000
+    >>> print(s.raw_ratio.round(3), s.applied_ratio)  # local 0.2, global 0.1
+    [2.] [1.]
   """
-  _validation.check_number('learning_rate', learning_rate)
-  _validation.check_number('weight_decay', weight_decay)
-  _validation.check_positive('trust_coefficient', trust_coefficient)
-  _validation.check_number('eps', eps)
-  strict = trust_ratio_mask is None
-  all_true = lambda tree: jax.tree.map(lambda _: True, tree)
-  decay_mask = all_true if weight_decay_mask is None else weight_decay_mask
+  _checks.check_number('learning_rate', learning_rate)
+  _checks.check_number('weight_decay', weight_decay)
+  _checks.check_positive('trust_coefficient', trust_coefficient)
+  _checks.check_number('eps', eps)
+  bind = lambda fn: _lambc.bind_layer_axes(fn, layer_axes)
+  decay_mask = _checks.checked_mask(
+      (lambda tree: True) if weight_decay_mask is None else weight_decay_mask,
+      'weight_decay_mask', bind)
+  flags_cache = {}
 
-  def init_fn(params):
-    _validation.check_float_leaves(params, 'params')
-    if strict:  # else checked on the full params by masked_with_checks
-      _validation.checked_mask(decay_mask, 'weight_decay_mask')(params)
-    axes = layers.resolve_layer_axes(layer_axes, params, strict=strict)
-    template = layers.ratio_template(params, axes)
-    return layers.initial_state(
-        template, jax.tree.map(jnp.zeros_like, template),
-        jax.tree.map(lambda t: jnp.full_like(t, 1 if clip else math.inf),
-                     template))
+  def decay_flags(params):
+    """Per-leaf decay flags and their per-layer 0/1 vector, once per tree."""
+    key = jax.tree.structure(params, is_leaf=_checks.is_masked)
+    if key not in flags_cache:
+      leaves = [m for m, p in zip(
+          jax.tree.leaves(decay_mask(params)),
+          jax.tree.leaves(params, is_leaf=_checks.is_masked), strict=True)
+                if not _checks.is_masked(p)]
+      slots, _ = _layers.make_slots(params, layer_axes)
+      flat = _layers.flat_slots(slots)
+      vector = np.concatenate([np.full(s.size, float(m)) for m, s in
+                               zip(leaves, flat, strict=True)] or [[]])
+      flags_cache[key] = (leaves, vector)
+    return flags_cache[key]
 
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(_validation.NO_PARAMS_MSG)
-    _validation.check_updates_and_params(updates, params)
-    axes = layers.resolve_layer_axes(layer_axes, params, strict=strict)
-    spec = decay_mask(params) if callable(decay_mask) else decay_mask
-    decay = _validation.per_leaf(spec, params, 'weight_decay_mask',
-                                 strict=strict)
-    lr = _value(learning_rate, state.count)
-    wd = _value(weight_decay, state.count)
+  def ratio_fn(w_norm, g_norm, count, params):
+    lam = _value(weight_decay, count) * jnp.asarray(
+        decay_flags(params)[1], w_norm.dtype)
+    local = _layers.ratio(trust_coefficient * w_norm,
+                          g_norm + lam * w_norm + eps, w_norm, g_norm)
+    return (local / _value(learning_rate, count) if clip else local).astype(
+        w_norm.dtype)
 
-    def raw_fn(g, p, ax, i):
-      lam = wd if decay[i] else 0.0
-      w_norm = layers.leaf_norm(p, ax, axis_name)
-      g_norm = layers.leaf_norm(g, ax, axis_name)
-      local = layers.trust_ratio(trust_coefficient * w_norm,
-                                 g_norm + lam * w_norm + eps, w_norm, g_norm)
-      raw = (local / lr if clip else local).astype(w_norm.dtype)
-      return raw, (g + lam * p if decay[i] else g)
+  def bounds_fn(count, policy_state, resolve):
+    del count, policy_state
+    return resolve(0.0, 0.0), resolve(1.0 if clip else math.inf, 0.0)
 
-    out, raw, applied = layers.scale_layers(raw_fn, updates, params, axes,
-                                            state.lower, state.upper)
-    return out, state._replace(count=optax.safe_increment(state.count),
-                               raw_ratio=raw, applied_ratio=applied)
+  def direction_fn(grads, weights, count, params):
+    wd = _value(weight_decay, count)
+    return [g + wd * p if m else g for g, p, m in
+            zip(grads, weights, decay_flags(params)[0], strict=True)]
 
-  core = layers.masked_with_checks(
-      optax.GradientTransformation(init_fn, update_fn), trust_ratio_mask,
-      'trust_ratio_mask', layer_axes, {'weight_decay_mask': weight_decay_mask})
+  core = _lambc.masked(
+      _lambc.layerwise(ratio_fn, bounds_fn, None, layer_axes, axis_name,
+                       direction_fn), trust_ratio_mask, 'trust_ratio_mask',
+      layer_axes)
   if trust_ratio_mask is None:
     return core
   # optax.masked passes the layers outside the trust-ratio mask through as
   # raw gradients; they still get their weight decay here.
-  adapt = _validation.checked_mask(trust_ratio_mask, 'trust_ratio_mask')
-  decayed = _validation.checked_mask(decay_mask, 'weight_decay_mask')
+  adapt = _checks.checked_mask(trust_ratio_mask, 'trust_ratio_mask', bind)
   others = lambda tree: jax.tree.map(lambda a, d: (not a) and d, adapt(tree),
-                                     decayed(tree))
+                                     decay_mask(tree))
   return optax.chain(core, optax.masked(
       optax.add_decayed_weights(weight_decay), others))
 
@@ -143,7 +142,7 @@ def larc(
     nesterov: bool = False,
     *,
     clip: bool = True,
-    layer_axes: layers.LayerAxes = None,
+    layer_axes: _layers.LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARC: momentum SGD with LARS local rates clipped at the global rate.
@@ -154,14 +153,21 @@ def larc(
   through PyTorch-style momentum (no dampening) and the learning rate. The clip
   follows a learning-rate schedule step by step.
 
-  The positional arguments are ``optax.lars``'s, in its order, so a call
-  written for ``optax.lars`` means the same thing here. How it differs from
-  ``optax.lars``: ``optax.lars`` takes the ratio on
-  :math:`\lVert g + \lambda w\rVert` and never clips; LARC takes it on
-  :math:`\lVert g\rVert + \lambda\lVert w\rVert` (apex, timm) and, with
-  ``clip=True``, never lets a layer's rate exceed the global one. Defaults
-  follow timm's ``Lars`` (``trust_coefficient=0.001``, ``eps=1e-8``); apex uses
-  ``trust_coefficient=0.02``.
+  It takes ``optax.lars``'s positional arguments in ``optax.lars``'s order,
+  each in the same role, so a call written for ``optax.lars`` is accepted
+  with no argument silently reinterpreted. It is not the same optimizer:
+
+  * the ratio: ``optax.lars`` uses :math:`c\lVert w\rVert / \lVert g +
+    \lambda w\rVert`, LARC :math:`c\lVert w\rVert / (\lVert g\rVert +
+    \lambda\lVert w\rVert + \epsilon)` (apex, timm);
+  * the clip: ``optax.lars`` never clips; with ``clip=True`` no layer's rate
+    exceeds the global one;
+  * ``eps``: ``optax.lars`` defaults to 0, LARC to 1e-8 (timm);
+  * the order: ``optax.lars`` applies the learning rate before its momentum,
+    LARC after it (PyTorch-style momentum, as apex and timm), which differs
+    whenever the learning rate changes.
+
+  ``trust_coefficient`` defaults to timm ``Lars``'s 0.001; apex uses 0.02.
 
   Args:
     learning_rate: Global rate :math:`\eta_t`, number or schedule.
@@ -196,8 +202,8 @@ def larc(
 
     NVIDIA apex, ``apex.parallel.LARC``.
   """
-  _validation.check_number('momentum', momentum, upper=1.0)
-  return alias.with_input_checks(optax.chain(
+  _checks.check_number('momentum', momentum, upper=1.0)
+  return optax.chain(
       scale_by_larc_trust_ratio(
           learning_rate, weight_decay, trust_coefficient, eps, clip=clip,
           weight_decay_mask=weight_decay_mask,
@@ -205,4 +211,4 @@ def larc(
           axis_name=axis_name),
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate),
-  ))
+  )

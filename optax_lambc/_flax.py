@@ -1,0 +1,129 @@
+"""Reads the stacked-layer axes of Flax params from Flax's own metadata.
+
+Flax records which axis of a stacked parameter indexes layers when the stack is
+built with partition metadata: NNX modules created under ``nnx.vmap`` /
+``nnx.scan`` with ``transform_metadata={nnx.PARTITION_NAME: 'layers'}``, and
+linen's ``nn.scan(..., metadata_params={nn.PARTITION_NAME: 'layers'})`` over
+``nn.with_partitioning`` boxes. Flax is imported only when the helper is
+called, so it stays an optional dependency.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from optax_lambc import _checks
+
+
+def _names(leaf: Any) -> tuple[Any, ...] | None:
+  """The per-axis partition names a Flax box carries, or None."""
+  names = getattr(leaf, 'names', None)  # linen nn.Partitioned
+  if names is not None:
+    return tuple(names)
+  get = getattr(leaf, 'get_metadata', None)  # nnx.Variable
+  if get is not None:
+    meta = get()
+    names = meta.get('out_sharding', meta.get('sharding_names'))
+    return None if names is None else tuple(names)
+  return None
+
+
+def _shape(leaf: Any) -> tuple[int, ...]:
+  value = leaf.get_value() if hasattr(leaf, 'get_value') else getattr(
+      leaf, 'value', leaf)
+  return tuple(np.shape(value))
+
+
+def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
+                         ) -> dict[str, Any]:
+  """The ``layer_axes`` tree of a Flax model, read from its metadata.
+
+  Args:
+    variables: What holds the annotated params: an ``nnx.Module``, an
+      ``nnx.State`` (e.g. ``nnx.state(model, nnx.Param)``), linen params, or
+      linen variables (``{'params': ..., 'batch_stats': ...}``) that still hold
+      their ``nn.Partitioned`` boxes (before ``nn.unbox``).
+    axis_name: The partition name of the layer axis.
+
+  Returns:
+    A nested dict keyed like the params that an optimizer sees, whose leaves
+    are ``None`` (one layer) or the tuple of axes named ``axis_name``: for an
+    NNX module or state, the paths of ``nnx.state(model, nnx.Param)``; for
+    linen variables, the paths *inside* ``variables['params']`` (other
+    collections are ignored). Per-layer trees are matched by key path, so it
+    fits a plain dict, a ``FrozenDict`` and an ``nnx.State`` alike. Pass it as
+    ``layer_axes`` to :func:`optax_lambc.lambc` and the other builders.
+
+  Raises:
+    ValueError: if no parameter carries ``axis_name`` (a model without the
+      annotation would silently get one ratio per stacked leaf), or if a
+      parameter without partition names lies inside the stack (under the
+      deepest module holding every stacked parameter) and has the stack's
+      layer count at its layer axis, e.g. an unannotated LayerNorm scale in a
+      scanned block: annotate it, or pass ``layer_axes`` by hand. Parameters
+      beside the stack (an embedding, a head) need no names.
+
+  Examples:
+    >>> import jax
+    >>> from flax import nnx
+    >>> import optax_lambc
+    >>> @nnx.vmap(in_axes=0, out_axes=0,
+    ...           transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    ... def make_blocks(key):
+    ...   return nnx.Linear(4, 4, rngs=nnx.Rngs(key), kernel_metadata={
+    ...       'out_sharding': (None, None)}, bias_metadata={
+    ...       'out_sharding': (None,)})
+    >>> with nnx.use_eager_sharding(False):
+    ...   blocks = make_blocks(jax.random.split(jax.random.key(0), 3))
+    >>> optax_lambc.layer_axes_from_flax(blocks)
+    {'bias': (0,), 'kernel': (0,)}
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from flax.linen import meta  # pylint: disable=g-import-not-at-top
+
+  if isinstance(variables, nnx.Module):
+    variables = nnx.state(variables, nnx.Param)
+  elif (isinstance(variables, Mapping) and 'params' in variables and all(
+      isinstance(v, Mapping) for v in variables.values())):
+    variables = variables['params']  # linen variables: the params collection
+  is_box = lambda x: isinstance(x, (nnx.Variable, meta.AxisMetadata))
+  entries = []  # (keys, names or None, layer axes or None, shape)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      variables, is_leaf=is_box)[0]:
+    names = _names(leaf)
+    axes = None if names is None else tuple(
+        i for i, n in enumerate(names) if n == axis_name) or None
+    entries.append((_checks.path_keys(path), names, axes, _shape(leaf)))
+  stacked = [(k, a, s) for k, _, a, s in entries if a is not None]
+  if not stacked:
+    raise ValueError(
+        f'No parameter carries the partition name {axis_name!r}: build the '
+        f'stack with transform_metadata={{nnx.PARTITION_NAME: {axis_name!r}}}'
+        ' (nnx.vmap/nnx.scan) or metadata_params (linen nn.scan) on '
+        'parameters created with partition names, or pass `layer_axes` by '
+        'hand. Without it every stacked leaf would get one trust ratio.')
+  # The stack's module: the deepest one holding every stacked parameter.
+  root = tuple(os.path.commonprefix([list(k[:-1]) for k, _, _ in stacked]))
+  for keys, names, _, shape in entries:
+    if names is not None or keys[:len(root)] != root:
+      continue
+    for s_keys, s_axes, s_shape in stacked:
+      count = tuple(s_shape[a] for a in s_axes)
+      if all(a < len(shape) and shape[a] == c
+             for a, c in zip(s_axes, count, strict=True)):
+        raise ValueError(
+            f'Parameter {"/".join(keys)!r} has no partition names but sits in '
+            f'the stack with {"/".join(s_keys)!r} and has its layer count '
+            f'{count} at axes {s_axes}; give it names (e.g. '
+            "scale_metadata={'out_sharding': (None,)}) so its layer axis is "
+            'recorded, or pass `layer_axes` by hand.')
+  out: dict[str, Any] = {}
+  for keys, _, axes, _ in entries:
+    node = out
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = axes
+  return out

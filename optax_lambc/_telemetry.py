@@ -1,0 +1,186 @@
+"""Trust-ratio telemetry: find the layer-wise state, name its layers."""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_lambc import _checks
+from optax_lambc import _layers
+from optax_lambc._lambc import ScaleByClippedTrustRatioState
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class LayerNames:
+  """The parameter path and layer-axes shape of each leaf, in vector order."""
+
+  paths: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+
+  def keys(self) -> list[str]:
+    """One name per vector entry: the path, with ``[i]`` for stacked slices."""
+    out = []
+    for path, shape in zip(self.paths, self.shapes, strict=True):
+      if not shape:
+        out.append(path)
+        continue
+      out.extend(f'{path}[{",".join(map(str, i))}]' for i in np.ndindex(*shape))
+    return out
+
+
+def _array(x: Any) -> Any:
+  """The array of a state field (unwrapping a Flax ``nnx.Variable``)."""
+  get = getattr(x, 'get_value', None)
+  return get() if callable(get) else x
+
+
+class TrustRatioStats(NamedTuple):
+  """The trust ratios of the last update, one entry per layer.
+
+  ``raw``, ``applied``, ``lower`` and ``upper`` are vectors with one entry per
+  adapted layer (a stacked leaf gives one per slice); ``names`` says which
+  parameter each entry belongs to. It is a pytree of four arrays, so a jitted
+  step can return it at no extra cost; :meth:`as_metrics` and :meth:`by_path`
+  split it by parameter on the host.
+  """
+
+  raw: jax.Array
+  """Unclipped ratio per layer (NaN after a non-finite update)."""
+  applied: jax.Array
+  """Ratio actually applied, ``clip(raw, lower, upper)``."""
+  lower: jax.Array
+  """Lower bound in force per layer."""
+  upper: jax.Array
+  """Upper bound in force per layer (``inf``: none)."""
+  names: LayerNames
+  """Static: the parameter path and layer-axes shape of each leaf."""
+
+  @property
+  def clipped_lower_fraction(self) -> jax.Array:
+    """Fraction of layers raised to the lower bound (0 with no layers)."""
+    n = max(self.raw.shape[0], 1)
+    return jnp.sum(self.applied > self.raw) / n
+
+  @property
+  def clipped_upper_fraction(self) -> jax.Array:
+    """Fraction of layers cut to the upper bound (0 with no layers)."""
+    n = max(self.raw.shape[0], 1)
+    return jnp.sum(self.applied < self.raw) / n
+
+  def by_path(self, field: str = 'applied') -> dict[str, np.ndarray]:
+    """One field by parameter path, each of its leaf's layer-axes shape."""
+    values = np.asarray(getattr(self, field))
+    out, offset = {}, 0
+    for path, shape in zip(self.names.paths, self.names.shapes, strict=True):
+      size = int(np.prod(shape))
+      out[path] = values[offset:offset + size].reshape(shape)
+      offset += size
+    return out
+
+  def as_metrics(self, prefix: str = 'trust_ratio') -> dict[str, float]:
+    """A flat ``{name: float}`` dict for a metrics writer (fetches once).
+
+    Keys are ``<prefix>/<field>/<path>``, with ``[i]`` (``[i,j]`` for two
+    layer axes) appended for each slice of a stacked leaf, plus
+    ``<prefix>/clipped_lower_fraction`` and ``.../clipped_upper_fraction``.
+    Call it on the host, on stats a jitted step returned: inside ``jit`` it
+    would split the vectors into one scalar output per layer.
+    """
+    host = jax.tree.map(np.asarray, self)
+    out = {f'{prefix}/clipped_lower_fraction':
+               float(host.clipped_lower_fraction),
+           f'{prefix}/clipped_upper_fraction':
+               float(host.clipped_upper_fraction)}
+    keys = self.names.keys()
+    for field in ('raw', 'applied', 'lower', 'upper'):
+      for key, value in zip(keys, getattr(host, field).tolist(), strict=True):
+        out[f'{prefix}/{field}/{key}'] = value
+    return out
+
+
+def _is_state(x: Any) -> bool:
+  return isinstance(x, ScaleByClippedTrustRatioState)
+
+
+def trust_ratio_stats(opt_state: optax.OptState) -> TrustRatioStats:
+  """The trust ratios recorded in an optimizer state, named by parameter.
+
+  The :class:`optax_lambc.ScaleByClippedTrustRatioState` is found anywhere in
+  ``opt_state``: inside ``optax.chain``, ``inject_hyperparams``, ``masked``,
+  ``MultiSteps``, ``apply_if_finite``, ``multi_transform`` or an
+  ``nnx.Optimizer``. Several are concatenated (a path seen twice gets a
+  ``#i`` suffix). The call only gathers device arrays: return its result from
+  a jitted step and call :meth:`TrustRatioStats.as_metrics` on the host.
+
+  Args:
+    opt_state: An optimizer state holding one or more clipped trust-ratio
+      states.
+
+  Returns:
+    A :class:`TrustRatioStats`.
+
+  Raises:
+    ValueError: If ``opt_state`` holds no clipped trust-ratio state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax, optax_lambc
+    >>> opt = optax.MultiSteps(optax_lambc.lambc(1e-2), every_k_schedule=1)
+    >>> params = {'w': jnp.array([3.0, 4.0]), 'b': jnp.zeros(2)}
+    >>> grads = {'w': jnp.array([1.0, 0.0]), 'b': jnp.ones(2)}
+    >>> _, state = opt.update(grads, opt.init(params), params)
+    >>> stats = optax_lambc.trust_ratio_stats(state)
+    >>> {path: round(float(r), 3) for path, r in stats.by_path('raw').items()}
+    {'b': 1.0, 'w': 5.0}
+    >>> stats.as_metrics()['trust_ratio/applied/w']
+    1.0
+    >>> float(stats.clipped_upper_fraction)
+    0.5
+  """
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_state)
+            if _is_state(s)]
+  if not states:
+    raise ValueError(
+        'opt_state contains no ScaleByClippedTrustRatioState; build the '
+        'optimizer with optax_lambc.lambc or scale_by_clipped_trust_ratio.')
+  paths, shapes = [], []
+  for i, s in enumerate(states):
+    slots = _layers.flat_slots(s.layers)
+    for path, slot in zip(_layers.slot_paths(s.layers), slots, strict=True):
+      paths.append(path if path not in paths else f'{path}#{i}')
+      shapes.append(slot.shape)
+  cat = lambda field: jnp.concatenate(
+      [jnp.ravel(_array(getattr(s, field))) for s in states])
+  return TrustRatioStats(raw=cat('raw_ratio'), applied=cat('applied_ratio'),
+                         lower=cat('lower'), upper=cat('upper'),
+                         names=LayerNames(tuple(paths), tuple(shapes)))
+
+
+def nonfinite_leaves(tree: optax.Updates) -> dict[str, jax.Array]:
+  """Which leaves hold a NaN or an infinity, keyed by parameter path.
+
+  ``optax.apply_if_finite`` discards the whole inner state of a step it skips,
+  so the trust-ratio telemetry of a skipped step is never recorded. Call this
+  on the step's gradients inside the jitted step to learn which layers went
+  non-finite: device bools, no host sync.
+
+  Args:
+    tree: Gradients, updates or params.
+
+  Returns:
+    ``{path: bool scalar}``, True where the leaf has a non-finite value.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> bad = optax_lambc.nonfinite_leaves(
+    ...     {'enc': jnp.array([1.0, jnp.nan]), 'head': jnp.ones(2)})
+    >>> [path for path, b in bad.items() if b]
+    ['enc']
+  """
+  return {_checks.path_str(path): ~jnp.all(jnp.isfinite(leaf))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
