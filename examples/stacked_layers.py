@@ -93,15 +93,16 @@ def main() -> dict:
                                    reference[f'block{i}']['fc1']['kernel']) /
                    jnp.linalg.norm(reference[f'block{i}']['fc1']['kernel']))
              for i in range(L)]
-    ratios = np.atleast_1d(np.asarray(stats.raw['blocks/fc1/kernel']))
-    n = sum(np.size(v) for v in stats.raw.values())
+    raw = stats.by_path('raw')
+    ratios = np.atleast_1d(raw['blocks/fc1/kernel'])
+    n = stats.values.shape[1]
     out[name] = {'ratios': n, 'fc1_raw': ratios.tolist(), 'drift': drift}
     print(f'stacked, {name:>10}: {n:3d} trust ratios; fc1 raw ratio(s) '
           f'{_fmt(ratios)}; after {STEPS} steps each block\'s fc1 is off the '
           f'unrolled model by {_fmt(drift)} x its norm')
-  ref_ratios = [float(ref_stats.raw[f'block{i}/fc1/kernel'])
-                for i in range(L)]
-  n_ref = sum(np.size(v) for v in ref_stats.raw.values())
+  ref_raw = ref_stats.by_path('raw')
+  ref_ratios = [float(ref_raw[f'block{i}/fc1/kernel']) for i in range(L)]
+  n_ref = ref_stats.values.shape[1]
   out['unrolled'] = {'ratios': n_ref, 'fc1_raw': ref_ratios}
   print(f'unrolled (reference): {n_ref:3d} trust ratios; fc1 raw ratios '
         f'{np.round(ref_ratios, 3).tolist()}')

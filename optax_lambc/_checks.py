@@ -13,10 +13,12 @@ Where strictness applies, once:
   that no entry covers is an error; both name the argument and the path.
 * **Masked-out leaves count as paths.** ``optax.masked`` and
   ``optax.multi_transform`` show an inner transform the full structure with
-  ``optax.MaskedNode`` in place of masked-out leaves, so a whole-model tree is
-  checked there just as strictly, and masked-out leaves need no entry. A
-  single value (a root entry) fits any tree, including an empty one and
-  ``optax.tree.map_params``'s leafless placeholder.
+  ``optax.MaskedNode`` in place of masked-out leaves (or whole subtrees), so a
+  whole-model tree is checked there just as strictly: an entry at or below a
+  masked-out node is not a typo, and masked-out leaves need no entry. A
+  single value (a root entry) fits any tree. A tree with no leaves at all (an
+  empty dict, ``optax.tree.map_params``'s placeholder) has nothing to scale
+  and nothing to match, so any per-layer tree is accepted there.
 """
 
 import math
@@ -152,7 +154,9 @@ def per_leaf(spec: Any, params: Any, name: str, *,
   flat = flatten_params(params)
   paths = [keys for keys, _ in flat]
   known = {keys[:n] for keys in paths for n in range(len(keys) + 1)}
-  typos = [k for k in entries if k and k not in known]
+  masked = [keys for keys, leaf in flat if is_masked(leaf)]
+  typos = [k for k in entries if flat and k and k not in known and not any(
+      k[:len(m)] == m for m in masked)]
   if typos:
     near = [p for p in paths if p[:len(typos[0]) - 1] == typos[0][:-1]]
     hint = (f'; no entry covers {path_str(near[0])!r}' if near else

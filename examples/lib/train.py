@@ -163,7 +163,9 @@ def make_train_step(apply, tx, schedule, axis_name=None, telemetry=True,
       metrics['consecutive_skips'] = opt_state.notfinite_count.astype(
           jnp.float32)
     if telemetry:
-      metrics.update(optax_lambc.trust_ratio_stats(opt_state).as_metrics())
+      # One (4, layers) array; split into per-layer scalars on the host at
+      # log time (TrustRatioStats.as_metrics), never inside the step.
+      metrics['trust_ratio'] = optax_lambc.trust_ratio_stats(opt_state)
     return TrainState(state.step + 1, params, new_stats, opt_state), metrics
 
   return step
@@ -403,6 +405,15 @@ def _to_host(tree) -> dict:
           jax.device_get(tree).items()}
 
 
+def _telemetry_to_host(stats: optax_lambc.TrustRatioStats | None) -> dict:
+  """Per-layer trust-ratio scalars of the last step (pmap: one replica)."""
+  if stats is None:
+    return {}
+  values = np.asarray(jax.device_get(stats.values))
+  return stats._replace(values=values[0] if values.ndim == 3 else values
+                        ).as_metrics()
+
+
 # Summed over a log interval (on device); everything else is the last value.
 _SUMMED = ('loss', 'accuracy', 'lr', 'finite_steps')
 
@@ -424,6 +435,8 @@ class MetricsAccumulator:
   def record(self, step: int) -> dict:
     """The train record of the interval, and a reset."""
     host = _to_host(self.sums)
+    last = dict(self.last)
+    telemetry = _telemetry_to_host(last.pop('trust_ratio', None))
     finite = host.pop('finite_steps')
     bad = sorted(k.removeprefix('nonfinite/') for k, v in host.items()
                  if k.startswith('nonfinite/') and v > 0)
@@ -431,7 +444,7 @@ class MetricsAccumulator:
     record = {'step': step, 'split': 'train',
               'loss': host['loss'] / finite if finite else math.nan,
               'accuracy': host['accuracy'] / self.count,
-              'lr': host['lr'] / self.count, **_to_host(self.last),
+              'lr': host['lr'] / self.count, **_to_host(last), **telemetry,
               'nonfinite_steps': self.count - int(finite),
               'nonfinite_layers': bad,
               'steps_per_s': self.count / max(time.time() - self.t0, 1e-9)}
