@@ -116,10 +116,15 @@ def scale_by_larc_trust_ratio(
     return [g + wd * p if m else g for g, p, m in
             zip(grads, weights, decay_flags(params)[0], strict=True)]
 
-  core = _lambc.masked(
-      _lambc.layerwise(ratio_fn, bounds_fn, None, layer_axes, axis_name,
-                       direction_fn), trust_ratio_mask, 'trust_ratio_mask',
-      layer_axes)
+  inner = _lambc.layerwise(ratio_fn, bounds_fn, None, layer_axes, axis_name,
+                           direction_fn)
+
+  def init_fn(params):
+    decay_flags(params)  # checks weight_decay_mask against the params
+    return inner.init(params)
+
+  core = _lambc.masked(optax.GradientTransformation(init_fn, inner.update),
+                       trust_ratio_mask, 'trust_ratio_mask', layer_axes)
   if trust_ratio_mask is None:
     return core
   # optax.masked passes the layers outside the trust-ratio mask through as

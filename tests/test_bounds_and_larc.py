@@ -51,9 +51,9 @@ def test_policies_match_numpy_reference(kind, jit, dtype, rtol):
 
     def check(state, reference, step):
       stats = optax_lambc.trust_ratio_stats(state)
-      lower = np.array([float(v) for v in stats.lower.values()])
-      upper = np.array([float(v) for v in stats.upper.values()])
-      applied = np.array([float(v) for v in stats.applied.values()])
+      lower = np.array([float(v) for v in stats.by_path('lower').values()])
+      upper = np.array([float(v) for v in stats.by_path('upper').values()])
+      applied = np.array([float(v) for v in stats.by_path('applied').values()])
       np.testing.assert_allclose(lower, reference.lower, rtol=rtol * 100,
                                  atol=rtol)
       np.testing.assert_allclose(upper, reference.upper, rtol=rtol * 100)
@@ -114,7 +114,9 @@ def test_running_stat_state_survives_save_restore():
   inner = [s for s in jax.tree.leaves(
       s_a, is_leaf=lambda x: isinstance(x, optax_lambc.RunningStatBoundsState))
            if isinstance(s, optax_lambc.RunningStatBoundsState)]
-  assert int(inner[0].count['dense']['kernel']) == 20
+  # One entry per layer, in the order the telemetry names them.
+  i = optax_lambc.trust_ratio_stats(s_a).names.paths.index('dense/kernel')
+  assert int(inner[0].count[i]) == 20
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -218,7 +220,7 @@ def test_stats_found_inside_every_wrapper():
     state = opt.init(params)
     _, state = opt.update(grads, state, params)
     stats = jax.jit(optax_lambc.trust_ratio_stats)(state)
-    assert 'w' in stats.raw
+    assert 'w' in stats.by_path('raw')
     metrics = stats.as_metrics()
     assert 'trust_ratio/applied/w' in metrics
     assert 0.0 <= float(metrics['trust_ratio/clipped_upper_fraction']) <= 1.0
@@ -230,8 +232,9 @@ def test_stats_without_state_raise():
 
 
 @pytest.mark.parametrize('module', [
-    'optax_lambc.alias', 'optax_lambc.bounds', 'optax_lambc.larc',
-    'optax_lambc.masks', 'optax_lambc.telemetry', 'optax_lambc.trust_ratio',
+    'optax_lambc._lambc', 'optax_lambc._bounds', 'optax_lambc._larc',
+    'optax_lambc._masks', 'optax_lambc._telemetry', 'optax_lambc._layers',
+    'optax_lambc._flax',
 ])
 def test_docstring_examples(module):
   result = doctest.testmod(importlib.import_module(module),

@@ -86,11 +86,11 @@ def test_nnx_step_equals_unrolled_step():
   # Telemetry: one entry per block for each stacked kernel; the clip binds on
   # the x20 block only, which a per-leaf ratio over the stack would miss.
   stats = optax_lambc.trust_ratio_stats(optimizer.opt_state)
-  raw = np.asarray(stats.raw['blocks/fc1/kernel/value'])
+  raw = np.asarray(stats.by_path('raw')['blocks/fc1/kernel'])
   assert raw.shape == (L,)
   stats_u = optax_lambc.trust_ratio_stats(state_u)
   np.testing.assert_allclose(
-      raw, [float(stats_u.raw[f'block{i}/fc1/kernel']) for i in range(L)],
+      raw, [float(stats_u.by_path('raw')[f'block{i}/fc1/kernel']) for i in range(L)],
       rtol=1e-5)
   assert raw[0] > 1.0 > raw[2]
 
@@ -134,8 +134,9 @@ def test_linen_scan_step_equals_unrolled_step():
   x, y = _data()
   boxed = LinenModel().init(jax.random.key(0), x)
   axes = optax_lambc.layer_axes_from_flax(boxed)
-  assert axes['params']['blocks']['Dense_0'] == {'kernel': (0,), 'bias': (0,)}
-  assert axes['params']['head']['kernel'] is None
+  # Linen variables give the tree inside variables['params'].
+  assert axes['blocks']['Dense_0'] == {'kernel': (0,), 'bias': (0,)}
+  assert axes['head']['kernel'] is None
   params = nn.unbox(boxed)['params']
 
   def loss(p):
@@ -143,7 +144,7 @@ def test_linen_scan_step_equals_unrolled_step():
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   grads = jax.grad(loss)(params)
-  tx = optax_lambc.lambc(0.1, layer_axes=axes['params'])
+  tx = optax_lambc.lambc(0.1, layer_axes=axes)
   up_s, _ = tx.update(grads, tx.init(params), params)
 
   unroll = lambda t: {**{f'b{i}': jax.tree.map(lambda a, i=i: a[i],

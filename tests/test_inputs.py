@@ -178,12 +178,15 @@ def test_larc_init_errors(kwargs, match):
 
 
 def test_leaf_shape_mismatch_names_the_path():
-  opt = optax_lambc.lambc(1e-2)
-  state = opt.init(PARAMS)
   bad = dict(_grads(PARAMS), head=jnp.ones((2, 3)))
+  # In lambc, Adam's moments meet the mismatch first (as in optax.lamb).
+  opt = optax_lambc.lambc(1e-2)
+  with pytest.raises(TypeError, match='incompatible shapes'):
+    opt.update(bad, opt.init(PARAMS), PARAMS)
+  t = optax_lambc.scale_by_clipped_trust_ratio()
   with pytest.raises(ValueError, match=r"updates leaf 'head' has shape "
                      r'\(2, 3\) but the params leaf has shape \(2, 2\)'):
-    opt.update(bad, state, PARAMS)
+    t.update(bad, t.init(PARAMS), PARAMS)
 
 
 # --- Run-time rules ---------------------------------------------------------
@@ -201,8 +204,8 @@ def test_negative_schedule_bound_never_flips_the_update():
     assert float(jnp.sum(new['w'] ** 2)) <= float(jnp.sum(params['w'] ** 2))
     params = new
   stats = optax_lambc.trust_ratio_stats(state)
-  assert float(stats.applied['w']) == 0.0
-  assert float(stats.upper['w']) == 0.0 and float(stats.lower['w']) == 0.0
+  assert float(stats.by_path('applied')['w']) == 0.0
+  assert float(stats.by_path('upper')['w']) == 0.0 and float(stats.by_path('lower')['w']) == 0.0
 
 
 def test_bounds_recorded_at_init():
@@ -212,12 +215,12 @@ def test_bounds_recorded_at_init():
       1e-2, min_trust_ratio=0.1, max_trust_ratio=optax.linear_schedule(
           4.0, 1.0, 10)), every_k_schedule=4)
   stats = optax_lambc.trust_ratio_stats(opt.init(params))
-  assert float(stats.upper['w']) == 4.0
-  assert float(stats.lower['w']) == pytest.approx(0.1)
+  assert float(stats.by_path('upper')['w']) == 4.0
+  assert float(stats.by_path('lower')['w']) == pytest.approx(0.1)
   policy = optax_lambc.dynamic_bounds(1.0, gamma=0.5)
   opt = optax_lambc.lambc(1e-2, max_trust_ratio=policy)
   stats = optax_lambc.trust_ratio_stats(opt.init(params))
-  assert float(stats.upper['w']) == pytest.approx(3.0)  # 1 + 1/(0.5*1)
+  assert float(stats.by_path('upper')['w']) == pytest.approx(3.0)  # 1 + 1/(0.5*1)
 
 
 def test_larc_weight_decay_schedule_matches_reference():

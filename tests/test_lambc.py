@@ -21,8 +21,8 @@ def ratio_checker(rtol, seen):
   def check(state, reference, step):
     del step
     stats = optax_lambc.trust_ratio_stats(state)
-    raw = np.array([float(v) for v in stats.raw.values()])
-    applied = np.array([float(v) for v in stats.applied.values()])
+    raw = np.array([float(v) for v in stats.by_path('raw').values()])
+    applied = np.array([float(v) for v in stats.by_path('applied').values()])
     # Rounding in the Adam step is magnified by each layer's condition number
     # where it nearly cancels the decay (see reference_numpy.Lambc.cond).
     tol = rtol * 10 * np.maximum(1.0, np.asarray(reference.cond))
@@ -141,13 +141,9 @@ def test_without_upper_bound_equals_optax_lamb(jit, weight_decay):
     u1, s_ours = up_ours(grads, s_ours, params)
     u2, s_theirs = up_theirs(grads, s_theirs, params)
     for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
-      if jit:
-        # Under jit XLA fuses the two graphs differently, so the norms' sums
-        # run in a different order (and r + wd * w may become an FMA): the
-        # ratio moves by a few ulps. Without jit the ops are the same: exact.
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
-      else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+      # The norms are summed in another order (partial sums, then one segment
+      # sum): the ratio moves by a few ulps, with or without jit.
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6)
     params = optax.apply_updates(params, u2)
 
 
@@ -162,12 +158,12 @@ def test_inject_hyperparams_numeric_and_scheduled():
   step = jax.jit(opt.update)
   updates, state = step(grads, state, params)
   stats = optax_lambc.trust_ratio_stats(state)
-  assert max(float(v) for v in stats.applied.values()) <= 1.0
+  assert max(float(v) for v in stats.by_path('applied').values()) <= 1.0
   # Change the bound by hand between steps, as inject_hyperparams allows.
   state.hyperparams['max_trust_ratio'] = jnp.asarray(0.25)
   _, state = step(grads, state, params)
   stats = optax_lambc.trust_ratio_stats(state)
-  assert max(float(v) for v in stats.applied.values()) <= 0.25
+  assert max(float(v) for v in stats.by_path('applied').values()) <= 0.25
   assert float(stats.clipped_upper_fraction) > 0
 
 
@@ -196,7 +192,7 @@ def test_masked_and_multisteps():
                      jax.tree.leaves(mask), strict=True):
     assert bool(jnp.all(u == g)) != m
   stats = optax_lambc.trust_ratio_stats(state)
-  assert set(stats.raw) == {'conv/kernel', 'dense/kernel', 'tiny',
+  assert set(stats.by_path('raw')) == {'conv/kernel', 'dense/kernel', 'tiny',
                             'zero_init'}
 
 
@@ -214,8 +210,8 @@ def test_apply_if_finite_skips_bad_step_and_telemetry_shows_nan():
   inner = optax_lambc.lambc(1e-2)
   _, s = inner.update(bad, inner.init(params), params)
   stats = optax_lambc.trust_ratio_stats(s)
-  assert np.isnan(float(stats.raw['w']))
-  assert np.isfinite(float(stats.raw['b']))
+  assert np.isnan(float(stats.by_path('raw')['w']))
+  assert np.isfinite(float(stats.by_path('raw')['b']))
 
 
 def test_inf_gradient_gives_nan_update_not_silent_zero():
@@ -223,7 +219,7 @@ def test_inf_gradient_gives_nan_update_not_silent_zero():
   t = optax_lambc.scale_by_clipped_trust_ratio()
   u, s = t.update({'w': jnp.array([jnp.inf, 0, 0, 0])}, t.init(params), params)
   assert bool(jnp.all(jnp.isnan(u['w'])))
-  assert np.isnan(float(s.raw_ratio['w']))
+  assert np.isnan(float(optax_lambc.trust_ratio_stats(s).by_path('raw')['w']))
 
 
 def test_zero_norms_give_ratio_one_then_clipped():
@@ -232,8 +228,8 @@ def test_zero_norms_give_ratio_one_then_clipped():
                                                max_trust_ratio=5.0)
   u, s = t.update({'zero': jnp.ones(3), 'w': jnp.zeros(3)}, t.init(params),
                   params)
-  assert float(s.raw_ratio['zero']) == 1.0 and float(s.raw_ratio['w']) == 1.0
-  assert float(s.applied_ratio['zero']) == 2.0
+  assert float(optax_lambc.trust_ratio_stats(s).by_path('raw')['zero']) == 1.0 and float(optax_lambc.trust_ratio_stats(s).by_path('raw')['w']) == 1.0
+  assert float(optax_lambc.trust_ratio_stats(s).by_path('applied')['zero']) == 2.0
   np.testing.assert_array_equal(np.asarray(u['zero']), 2.0)
 
 
@@ -260,7 +256,7 @@ def test_flax_train_state():
     state, value = step(state, x, y)
     losses.append(float(value))
   assert losses[-1] < losses[0] * 0.5
-  assert set(optax_lambc.trust_ratio_stats(state.opt_state).raw) == {'kernel'}
+  assert set(optax_lambc.trust_ratio_stats(state.opt_state).by_path('raw')) == {'kernel'}
 
 
 def test_flax_nnx_optimizer():
@@ -277,4 +273,4 @@ def test_flax_nnx_optimizer():
     optimizer.update(model, nnx.grad(loss)(model))
   assert float(loss(model)) < first * 0.5
   stats = optax_lambc.trust_ratio_stats(optimizer.opt_state)
-  assert set(stats.raw) == {'bias/value', 'kernel/value'}
+  assert set(stats.by_path('raw')) == {'bias', 'kernel'}

@@ -147,9 +147,9 @@ def _stats_by_layer(state) -> dict:
   """Per-layer telemetry as {unrolled key: (raw, applied, lower, upper)}."""
   stats = optax_lambc.trust_ratio_stats(state)
   out = {}
-  for path, raw in stats.raw.items():
+  for path, raw in stats.by_path('raw').items():
     key = path.removesuffix('/value')
-    values = [np.asarray(getattr(stats, f)[path]) for f in
+    values = [np.asarray(stats.by_path(f)[path]) for f in
               ('raw', 'applied', 'lower', 'upper')]
     if not np.ndim(raw):
       out[key] = values
@@ -220,14 +220,14 @@ def test_stacked_telemetry_is_per_slice():
   opt = optax_lambc.lambc(1e-2, layer_axes=LAYER_AXES)
   _, state = opt.update(params, opt.init(params), params)
   stats = optax_lambc.trust_ratio_stats(state)
-  assert stats.raw['blocks/attn/kernel'].shape == (L,)
-  assert stats.upper['stages/kernel'].shape == (2, L)
-  assert stats.raw['embed'].shape == ()
+  assert stats.by_path('raw')['blocks/attn/kernel'].shape == (L,)
+  assert stats.by_path('upper')['stages/kernel'].shape == (2, L)
+  assert stats.by_path('raw')['embed'].shape == ()
   metrics = stats.as_metrics()
   assert 'trust_ratio/raw/blocks/attn/kernel[2]' in metrics
   assert 'trust_ratio/applied/stages/kernel[1,2]' in metrics
   # 3 + 3 + 3 + 6 slices and 2 whole leaves: fractions count 17 layers.
-  n_layers = sum(np.size(v) for v in stats.raw.values())
+  n_layers = sum(np.size(v) for v in stats.by_path('raw').values())
   assert n_layers == 17
   frac = float(stats.clipped_upper_fraction)
   assert frac * n_layers == pytest.approx(round(frac * n_layers))
@@ -245,8 +245,8 @@ def test_stacked_matches_numpy_reference(bounds):
   def check(state, reference, step):
     del step
     stats = optax_lambc.trust_ratio_stats(state)
-    raw = np.concatenate([np.ravel(v) for v in stats.raw.values()])
-    applied = np.concatenate([np.ravel(v) for v in stats.applied.values()])
+    raw = np.concatenate([np.ravel(v) for v in stats.by_path('raw').values()])
+    applied = np.concatenate([np.ravel(v) for v in stats.by_path('applied').values()])
     np.testing.assert_allclose(raw, reference.raw, rtol=1e-4)
     np.testing.assert_allclose(applied, reference.applied, rtol=1e-4)
     seen.append(float(stats.clipped_upper_fraction))
@@ -284,7 +284,7 @@ def test_negative_layer_axes_equal_positive():
   for axes in [(0,), (-3,), 0, -3]:
     t = optax_lambc.scale_by_clipped_trust_ratio(layer_axes={'w': axes})
     u, s = t.update(grads, t.init(params), params)
-    results.append((np.asarray(u['w']), np.asarray(s.raw_ratio['w'])))
+    results.append((np.asarray(u['w']), np.asarray(optax_lambc.trust_ratio_stats(s).by_path('raw')['w'])))
   for u, r in results[1:]:
     np.testing.assert_array_equal(u, results[0][0])
     np.testing.assert_array_equal(r, results[0][1])
@@ -300,7 +300,7 @@ def test_layer_axes_callable_and_inner_axis():
   _, s = t.update(grads, t.init(params), params)
   w = np.arange(24.0).reshape(4, 3, 2)
   want = np.linalg.norm(w, axis=(0, 2)) / np.sqrt(8)
-  np.testing.assert_allclose(np.asarray(s.raw_ratio['w']), want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(optax_lambc.trust_ratio_stats(s).by_path('raw')['w']), want, rtol=1e-6)
 
 
 def test_stacked_bias_is_still_a_bias():

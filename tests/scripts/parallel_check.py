@@ -80,28 +80,28 @@ params_s, grads_s = jax.device_put((params, grads), row_sharded)
 def local_update(g, p):
   u, s = sharded.update(g, sharded.init(p), p)
   stats = optax_lambc.trust_ratio_stats(s)
-  return u, stats.raw, stats.applied
+  return u, stats.by_path('raw'), stats.by_path('applied')
 
 
 u, raw, applied = jax.jit(jax.shard_map(
     local_update, mesh=mesh, in_specs=(P('data'), P('data')),
     out_specs=(P('data'), P(), P())))(grads_s, params_s)
 stats_ref = optax_lambc.trust_ratio_stats(s_ref)
-close(raw, stats_ref.raw, 'shard_map raw ratio', rtol=1e-6)
-close(applied, stats_ref.applied, 'shard_map applied ratio', rtol=1e-6)
+close(raw, stats_ref.by_path('raw'), 'shard_map raw ratio', rtol=1e-6)
+close(applied, stats_ref.by_path('applied'), 'shard_map applied ratio', rtol=1e-6)
 close(u, u_ref, 'shard_map updates', rtol=1e-6)
-assert float(stats_ref.applied['w']) == 1.0  # the clip did trigger
+assert float(stats_ref.by_path('applied')['w']) == 1.0  # the clip did trigger
 # Without axis_name each shard would see only its own norm: a different ratio.
 
 
 def local_update_unreduced(g, p):
   _, s = plain.update(g, plain.init(p), p)
-  return jax.tree.map(lambda x: x[None], optax_lambc.trust_ratio_stats(s).raw)
+  return jax.tree.map(lambda x: x[None], optax_lambc.trust_ratio_stats(s).by_path('raw'))
 
 
 raw_bad = jax.jit(jax.shard_map(
     local_update_unreduced, mesh=mesh, in_specs=(P('data'), P('data')),
     out_specs=P('data')))(grads_s, params_s)
-assert not np.allclose(np.asarray(raw_bad['v']), float(stats_ref.raw['v']))
+assert not np.allclose(np.asarray(raw_bad['v']), float(stats_ref.by_path('raw')['v']))
 print('shard_map: trust ratios of sharded params equal the unsharded ones')
 print('PARALLEL OK')

@@ -59,8 +59,8 @@ for name, spec in (('layer axis', P('data')), ('inner axis', P(None, 'data'))):
   assert got_params['blocks'].sharding.spec == spec, got_params[
       'blocks'].sharding
   close(got_params, ref_params, f'{name}: params')
-  close(got_stats.raw, ref_stats.raw, f'{name}: per-slice raw ratios')
-  close(got_stats.applied, ref_stats.applied, f'{name}: applied ratios')
+  close(got_stats.by_path('raw'), ref_stats.by_path('raw'), f'{name}: per-slice raw ratios')
+  close(got_stats.by_path('applied'), ref_stats.by_path('applied'), f'{name}: applied ratios')
   print(f'jit, {name} sharded: 3 steps equal one device')
 
 # shard_map: the inner axis sharded by hand; axis_name sums the per-slice
@@ -76,7 +76,7 @@ mesh_x = jax.make_mesh((8,), ('data',),
 
 def local(g, p):
   u, s = manual.update(g, manual.init(p), p)
-  return u, optax_lambc.trust_ratio_stats(s).raw['<root>']
+  return u, optax_lambc.trust_ratio_stats(s).by_path('raw')['<root>']
 
 
 inner = NamedSharding(mesh_x, P(None, 'data'))
@@ -84,7 +84,7 @@ u, raw = jax.jit(jax.shard_map(
     local, mesh=mesh_x, in_specs=(P(None, 'data'), P(None, 'data')),
     out_specs=(P(None, 'data'), P())))(*jax.device_put((g_blocks, blocks),
                                                       inner))
-close(raw, optax_lambc.trust_ratio_stats(s_ref).raw['<root>'],
+close(raw, optax_lambc.trust_ratio_stats(s_ref).by_path('raw')['<root>'],
       'shard_map per-slice ratios')
 close(u, u_ref, 'shard_map updates')
 print('shard_map, inner axis sharded with axis_name: equals one device')
