@@ -82,10 +82,11 @@ def _entry_ops(hlo: str) -> list[tuple[str, str, str, list[str]]]:
                  line)
     if m:
       name, result, opcode, rest = m.groups()
-      depth, end = 1, 0
-      for end, ch in enumerate(rest):
+      depth, end = 1, len(rest)
+      for i, ch in enumerate(rest):
         depth += {'(': 1, ')': -1}.get(ch, 0)
         if depth == 0:
+          end = i
           break
       ops.append((name, result, opcode,
                   re.findall(r'%([\w.\-]+)', rest[:end])))
@@ -285,8 +286,8 @@ def machine() -> str:
   cpu = platform.processor() or platform.machine()
   with contextlib.suppress(OSError):
     with open('/proc/cpuinfo', encoding='utf-8') as f:
-      cpu = next(l.split(':', 1)[1].strip() for l in f
-                 if l.startswith('model name'))
+      cpu = next(line.split(':', 1)[1].strip() for line in f
+                 if line.startswith('model name'))
   return f'{cpu}, {os.cpu_count()} cores'
 
 

@@ -221,7 +221,7 @@ def layer_norms(weights: list[jax.Array], updates: list[jax.Array],
 
 def ratio(numerator: jax.Array, denominator: jax.Array,
           param_norm: jax.Array, update_norm: jax.Array) -> jax.Array:
-  """``numerator / denominator``: 1 at a zero norm, NaN for a non-finite ‖u‖."""
+  """``numerator / denominator``; 1 at a zero norm, NaN for non-finite ‖u‖."""
   zero = (param_norm == 0) | (update_norm == 0)
   out = jnp.where(zero, 1, numerator / jnp.where(zero, 1, denominator))
   return jnp.where(jnp.isfinite(update_norm), out, jnp.nan).astype(

@@ -86,9 +86,13 @@ class TrustRatioStats(NamedTuple):
     n = max(self.values.shape[1], 1)
     return jnp.sum(self.applied < self.raw) / n
 
-  def by_path(self, field: str = 'applied') -> dict[str, np.ndarray]:
-    """One field by parameter path, each of its leaf's layer-axes shape."""
-    values = np.asarray(getattr(self, field))
+  def by_path(self, field: str = 'applied') -> dict[str, jax.Array]:
+    """One field by parameter path, each of its leaf's layer-axes shape.
+
+    Works inside ``jit`` too (one slice per leaf there); on the host, call it
+    on stats a step returned.
+    """
+    values = getattr(self, field)
     out, offset = {}, 0
     for path, shape in zip(self.names.paths, self.names.shapes, strict=True):
       size = int(np.prod(shape))
