@@ -229,7 +229,7 @@ def ratio(numerator: jax.Array, denominator: jax.Array,
 
 
 def clip(raw: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-  """``raw`` clipped into ``[lower, upper]``; the upper bound wins, NaN stays."""
+  """``numerator / denominator``; 1 at a zero norm, NaN for non-finite |u|."""
   return jnp.minimum(jnp.maximum(raw, lower), upper)
 
 

@@ -182,7 +182,6 @@ def test_params_none_raises_optax_error():
 
 def test_integer_leaves_name_the_path():
   opt = optax_lambc.lambc(1e-3)
-  good = {'layer': {'w': jnp.ones(2)}}
   bad = {'layer': {'w': jnp.ones(2, jnp.int32)}}
   with pytest.raises(TypeError, match="params leaf 'layer/w'.*int32"):
     opt.init(bad)
