@@ -91,7 +91,7 @@ def _is_scalar(spec: Any) -> bool:
 def _concrete(x: Any) -> np.ndarray | None:
   """``x`` as a NumPy array if it is a build-time number or NumPy array."""
   if isinstance(x, np.ndarray) or (
-      _checks._is_build_time_number(x)):  # pylint: disable=protected-access
+      _checks.is_build_time_number(x)):
     return np.asarray(x)
   return None
 

@@ -43,7 +43,7 @@ def is_masked(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
-def _is_build_time_number(value: Any) -> bool:
+def is_build_time_number(value: Any) -> bool:
   return isinstance(value, (numbers.Number, np.generic)) or (
       isinstance(value, np.ndarray) and value.ndim == 0)
 
@@ -64,7 +64,7 @@ def check_number(name: str, value: Any, *, lower: float = 0.0,
     raise TypeError(f'`{name}` must be a number, got the bool {value!r}.')
   if isinstance(value, (str, bytes)):
     raise TypeError(f'`{name}` must be a number, got the string {value!r}.')
-  if not _is_build_time_number(value):
+  if not is_build_time_number(value):
     return
   if isinstance(value, complex) or np.iscomplexobj(value):
     raise TypeError(f'`{name}` must be a real number, got {value!r}.')
@@ -80,7 +80,7 @@ def check_number(name: str, value: Any, *, lower: float = 0.0,
 def check_positive(name: str, value: Any) -> None:
   """Like :func:`check_number`, but the number must be > 0."""
   check_number(name, value)
-  if _is_build_time_number(value) and not float(value) > 0:
+  if is_build_time_number(value) and not float(value) > 0:
     raise ValueError(f'`{name}` must be > 0, got {value!r}.')
 
 
