@@ -1,208 +1,280 @@
-"""Does LAMBC hold a large batch where AdamW and LAMB do not? (A byte-level
-transformer LM on the offline standard-library corpus.)
+"""Does clipping the trust ratio help LAMB hold a large batch? A byte-level
+transformer LM on the offline standard-library corpus, tuned at every batch.
 
-  python -m examples.reproduce --experiment lm_batch [--workdir docs/lm]
-  python -m examples.reproduce --experiment lm_batch --tiny   # seconds
+  python -m examples.reproduce --experiment lm_batch [--workdir runs/lm_batch]
+  python -m examples.reproduce --experiment lm_batch --tiny   # a minute
 
-AdamW, LAMB, LAMBC (max ratio 1) and LAMBC with ``running_stat_bounds`` train
-``transformer_tiny`` (4 scanned blocks of width 64, 0.2M params, 64-byte
-sequences) at global batch sizes 16, 64 and 256 sequences for the same token
-budget (768 / 192 / 48 optimizer steps), batches above 64 by gradient
-accumulation over micro-batches of 64. Learning rates, fairly per optimizer:
-a sweep at the smallest batch (seed 0, scored on the validation split), then
-the square-root scaling of the LAMB paper, ``lr(B) = lr(16) * sqrt(B / 16)``.
-Every run warms up linearly for 10 % of its steps, then decays by a cosine.
-The table reports the test split's bits per byte (mean ± std over seeds);
-runs that diverge are counted. Writes ``results.md``, ``results.json``,
-curves per batch size and the per-layer trust-ratio heat-maps of the
-layer-wise optimizers at the largest batch. Finished runs are skipped, so an
-interrupted study resumes.
+The design (``docs/lm/PLAN.md`` fixes it, and the primary comparison, before
+any run) has three stages; each finished run is appended to a ledger
+(``LEDGER``, committed), so the study resumes from committed partial results
+on any machine:
+
+1. ``noise``: one LAMB run with the gradient noise scale logged
+   (``examples.lib.noise_scale``). The median ``B_simple`` over its second
+   half places the batches at powers of two near ``BATCH_FACTORS`` times it.
+2. ``tune``: for every (optimizer, batch), the learning rate on a factor-2
+   grid centred on the square-root rule's guess from 0.2's batch-16 picks
+   (``LR_AT_16``), extended while the best sits at an edge; on its own seed
+   (``TUNE_SEED``), scored on the whole validation split.
+3. ``final``: ``FINAL_SEEDS`` fresh seeds per (optimizer, batch) at the tuned
+   rate, paired across optimizers (a seed fixes the init and the data order);
+   scored on the whole test split, plus the training bytes each run needs
+   to reach a target validation loss.
+
+Every run has the same training bytes (``TOKENS``), Adam's epsilon
+(``EPS``), weight decay, warm-up fraction and cosine decay. The report
+(``report.write``) gives paired 95 % intervals; only the primary comparison
+is a test, the rest is descriptive.
 """
 
+import dataclasses
 import json
 import math
 import os
 import platform
+import statistics
 import time
-
-import jax
+from collections.abc import Callable
 
 from examples.configs import lm
 from examples.lib import config as config_lib
-from examples.lib import experiments, plots
-from examples.lib.experiments import Setting
+from examples.lib.config import Config
 
-BATCHES = (16, 64, 256)
+TOKENS = 3 * 2 ** 19  # 1,572,864 training bytes per run (twice 0.2's)
 MICRO_BATCH = 64  # larger batches accumulate micro-batches of this size
-TOKENS = 3 * 2 ** 18  # 786,432 training bytes per run
-LAMB_LRS = (1e-2, 3e-2, 1e-1)
-OPTIMIZERS = {  # column -> (overrides, learning rates swept)
-    'AdamW': ({'optimizer': 'adamw'}, (1e-3, 3e-3, 1e-2)),
-    'LAMB': ({'optimizer': 'lamb', 'max_trust_ratio': None}, LAMB_LRS),
-    'LAMBC max 1': ({'optimizer': 'lambc', 'max_trust_ratio': 1.0},
-                    LAMB_LRS),
-    'LAMBC running_stat_bounds': (
-        {'optimizer': 'lambc', 'bound_policy': 'running',
-         'max_trust_ratio': None}, LAMB_LRS),
+EPS = 1e-6  # Adam's epsilon, for every optimizer
+OPTIMIZERS = {  # column -> config overrides
+    'AdamW': {'optimizer': 'adamw'},
+    'LAMB': {'optimizer': 'lamb', 'max_trust_ratio': None},
+    'LAMBC max 1': {'optimizer': 'lambc', 'max_trust_ratio': 1.0},
 }
+LR_AT_16 = {'AdamW': 3e-3, 'LAMB': 3e-2, 'LAMBC max 1': 3e-2}  # 0.2's picks
+PRIMARY = ('LAMBC max 1', 'LAMB')  # at the largest batch: PRIMARY[0] - [1]
+BATCH_FACTORS = (0.3, 1.0, 5.0)  # batches, in units of the noise scale
+NOISE_RUN = {'optimizer': 'LAMB', 'batch': 32, 'micro_batch': 4}
+TUNE_SEED = 100
+FINAL_SEEDS = (0, 1, 2, 3, 4)
+MAX_EXTENSIONS = 3  # grid points added beyond either edge, at most
 # The LAMBC paper's convention (as the digits demo): every layer is adapted
 # and decayed, so the clip acts on LayerNorm scales and biases too.
 BASE = {'exclude_bias_and_norm': False, 'warmup_fraction': 0.1,
-        'weight_decay': 0.01, 'checkpoint_every_steps': 0,
-        'eval_examples': 1024}
-TINY = {'batches': (4, 8), 'tokens': 4 * 8 * 16, 'micro_batch': 4,
-        'lrs': 1, 'overrides': {'seq_len': 16, 'eval_examples': 32}}
+        'weight_decay': 0.01, 'checkpoint_every_steps': 0, 'adam_eps': EPS,
+        'eval_split': 'validation', 'eval_examples': 1024,
+        'final_eval_splits': 'validation,test', 'progress': False}
+LEDGER = os.path.join('docs', 'lm', 'runs.jsonl')
 
 
-def _steps(batch: int, tokens: int, seq_len: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The study's sizes; ``tiny()`` is the end-to-end test's."""
+
+  tokens: int = TOKENS
+  micro_batch: int = MICRO_BATCH
+  optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
+  final_seeds: tuple[int, ...] = FINAL_SEEDS
+  max_extensions: int = MAX_EXTENSIONS
+  grid_radius: int = 1  # grid points each side of the guess before extending
+  noise_batch: int = NOISE_RUN['batch']
+  noise_micro_batch: int = NOISE_RUN['micro_batch']
+  batches: tuple[int, ...] | None = None  # None: from the noise scale
+  overrides: tuple[tuple[str, object], ...] = ()
+
+  @classmethod
+  def tiny(cls) -> 'Plan':
+    return cls(tokens=4 * 8 * 16, micro_batch=4,
+               optimizers=('LAMB', 'LAMBC max 1'), final_seeds=(0, 1),
+               max_extensions=0, grid_radius=0, noise_batch=8,
+               noise_micro_batch=4, batches=(8,),
+               overrides=(('seq_len', 16), ('eval_examples', 32),
+                          ('final_eval_examples', 64)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the study."""
+
+  stage: str  # noise | tune | final
+  optimizer: str
+  batch: int
+  lr: float
+  seed: int
+
+  @property
+  def key(self) -> str:
+    return (f'{self.stage}/{self.optimizer}/batch {self.batch}/'
+            f'lr {self.lr:.6g}/seed {self.seed}')
+
+  @property
+  def dirname(self) -> str:
+    return ''.join(c if c.isalnum() or c in '._-/' else '_' for c in self.key)
+
+
+def steps(batch: int, tokens: int, seq_len: int) -> int:
   return max(1, tokens // (batch * seq_len))
 
 
-def _run_overrides(batch: int, tokens: int, seq_len: int, micro: int) -> dict:
-  steps = _steps(batch, tokens, seq_len)
-  return {'global_batch_size': batch, 'accum_steps': max(1, batch // micro),
-          'num_train_steps': steps,
-          'eval_every_steps': max(1, steps // 8),
-          'log_every_steps': max(1, steps // 32)}
+def guess_lr(optimizer: str, batch: int) -> float:
+  """The square-root rule from 0.2's batch-16 picks."""
+  return LR_AT_16[optimizer] * math.sqrt(batch / 16)
 
 
-def sweep_settings(batch: int, tokens: int, seq_len: int, micro: int,
-                   n_lrs: int | None = None) -> list[Setting]:
-  """The learning-rate sweep at the smallest batch (validation split)."""
-  run = _run_overrides(batch, tokens, seq_len, micro)
-  return [Setting(f'sweep, batch {batch}', f'{col} lr {lr:g}',
-                  {**ov, **run, 'learning_rate': lr,
-                   'eval_split': 'validation'})
-          for col, (ov, lrs) in OPTIMIZERS.items() for lr in lrs[:n_lrs]]
+def run_config(base: Config, plan: Plan, run: Run) -> Config:
+  total = steps(run.batch, plan.tokens, base.seq_len)
+  micro = plan.noise_micro_batch if run.stage == 'noise' else \
+      plan.micro_batch
+  over = {**OPTIMIZERS[run.optimizer], 'global_batch_size': run.batch,
+          'accum_steps': max(1, run.batch // micro), 'num_train_steps': total,
+          'eval_every_steps': max(1, total // 16),
+          'log_every_steps': max(1, total // 32), 'learning_rate': run.lr,
+          'seed': run.seed, 'noise_scale': run.stage == 'noise'}
+  return base.replace(**over)
 
 
-def best_learning_rates(results: list[dict]) -> dict[str, float]:
-  """Per optimizer, the swept rate with the lowest validation bits/byte
-  (a diverged run scores +inf)."""
-  best: dict[str, tuple[float, float]] = {}
-  for r in results:
-    col, _, lr = r['col'].rpartition(' lr ')
-    score = r['bits_per_byte']
-    score = score if math.isfinite(score) else math.inf
-    if col not in best or score < best[col][0]:
-      best[col] = (score, float(lr))
-  return {col: lr for col, (_, lr) in best.items()}
+class Ledger:
+  """Finished runs, one JSON line each, keyed by ``Run.key``."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.records: dict[str, dict] = {}
+    if os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          if line.strip():
+            record = json.loads(line)
+            self.records[record['key']] = record
+
+  def add(self, record: dict) -> None:
+    self.records[record['key']] = record
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def main_settings(best_lr: dict[str, float], batches, tokens: int,
-                  seq_len: int, micro: int) -> list[Setting]:
-  out = []
-  for batch in batches:
-    for col, (ov, _) in OPTIMIZERS.items():
-      lr = best_lr[col] * math.sqrt(batch / batches[0])
-      out.append(Setting(f'batch {batch}', col, {
-          **ov, **_run_overrides(batch, tokens, seq_len, micro),
-          'learning_rate': lr, 'eval_split': 'test'}))
-  return out
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
-def _sweep_table(results: list[dict], best: dict[str, float]) -> str:
-  lrs = {}
-  for r in results:
-    col, _, lr = r['col'].rpartition(' lr ')
-    bpb = r['bits_per_byte']
-    mark = ' **(chosen)**' if float(lr) == best[col] else ''
-    lrs.setdefault(col, []).append(
-        f'{lr}: {bpb:.3f}{mark}' if math.isfinite(bpb) else
-        f'{lr}: diverged')
-  return '\n'.join(f'| {col} | ' + ', '.join(v) + ' |'
-                   for col, v in lrs.items())
+def _telemetry(rows: list[dict]) -> list[dict]:
+  keep = ('trust_ratio/raw/', 'trust_ratio/applied/', 'trust_ratio/upper/')
+  return [{k: v for k, v in r.items() if k == 'step' or k.startswith(keep)}
+          for r in rows if r['split'] == 'train']
 
 
-def run(workdir: str, seeds: list[int], overrides: list[str],
-        tiny: bool = False) -> list[str]:
-  """Runs the sweep and the grid; writes the report; returns its paths."""
+def execute(base: Config, plan: Plan, run: Run, workdir: str) -> dict:
+  """Trains one run; its ledger record (a divergence is a result too)."""
+  from examples.lib import plots  # pylint: disable=g-import-not-at-top
+  from examples.lib.train import NonFiniteError, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = run_config(base, plan, run)
+  rundir = os.path.join(workdir, run.dirname)
+  if os.path.exists(os.path.join(rundir, 'metrics.jsonl')):
+    os.remove(os.path.join(rundir, 'metrics.jsonl'))  # a killed attempt
+  record = {'key': run.key, **dataclasses.asdict(run),
+            'steps': config.num_train_steps, 'cpu': cpu_model(),
+            'cores': os.cpu_count()}
   t0 = time.time()
-  batches, tokens, micro, n_lrs = BATCHES, TOKENS, MICRO_BATCH, None
-  base = lm().replace(**BASE)
-  if tiny:
-    batches, tokens, micro = TINY['batches'], TINY['tokens'], \
-        TINY['micro_batch']
-    n_lrs, base = TINY['lrs'], base.replace(**TINY['overrides'])
+  try:
+    out = train_and_evaluate(config, rundir)
+    record.update(diverged=False, data=out.get('data'), **{
+        f'{split}_bpb': m['bits_per_byte'] for split, m in
+        out['final'].items()})
+  except NonFiniteError as e:
+    record.update(diverged=True, error=str(e), validation_bpb=math.inf,
+                  test_bpb=math.inf)
+  record['wall_s'] = round(time.time() - t0, 1)
+  rows = plots.read_metrics(rundir)
+  record['curve'] = [[r['step'], r['bits_per_byte']] for r in rows
+                     if r['split'] == 'eval']
+  if run.stage == 'noise':
+    record['noise'] = [[r['step'], r['noise_scale']] for r in rows
+                       if r['split'] == 'train' and 'noise_scale' in r]
+  if run.stage == 'final' and run.seed == plan.final_seeds[0] and \
+      run.optimizer != 'AdamW':
+    record['telemetry'] = _telemetry(rows)
+  return record
+
+
+def noise_scale_summary(record: dict) -> float:
+  """Median ``B_simple`` over the second half of the noise run (sequences)."""
+  values = [b for s, b in record['noise'] if s > record['steps'] / 2 and
+            math.isfinite(b) and b > 0]
+  return statistics.median(values) if values else math.nan
+
+
+def choose_batches(noise: float) -> tuple[int, ...]:
+  """Powers of two nearest ``BATCH_FACTORS * noise`` (in log2), increasing:
+  each at least twice the one before."""
+  out = []
+  for f in BATCH_FACTORS:
+    b = 2 ** max(0, round(math.log2(max(f * noise, 1.0))))
+    out.append(max(b, out[-1] * 2 if out else 1))
+  return tuple(out)
+
+
+def tune(do: Callable[[Run], dict], optimizer: str, batch: int,
+         radius: int = 1, max_extensions: int = MAX_EXTENSIONS
+         ) -> tuple[float, list[dict]]:
+  """The factor-2 grid of ``2 * radius + 1`` rates around the guess,
+  extended by one rate past an edge that wins, at most ``max_extensions``
+  times each side; returns the best rate and the grid's records."""
+  guess = guess_lr(optimizer, batch)
+  lo, hi = -radius, radius
+  while True:
+    records = [do(Run('tune', optimizer, batch, guess * 2.0 ** j, TUNE_SEED))
+               for j in range(lo, hi + 1)]
+    scores = [r['validation_bpb'] for r in records]
+    best = min(range(len(scores)), key=lambda i: (
+        scores[i] if math.isfinite(scores[i]) else math.inf))
+    if radius and best == 0 and lo > -radius - max_extensions:
+      lo -= 1
+    elif radius and best == len(scores) - 1 and \
+        hi < radius + max_extensions:
+      hi += 1
+    else:
+      return records[best]['lr'], records
+
+
+def run(workdir: str, overrides: list[str], tiny: bool = False,
+        ledger_path: str | None = None,
+        seeds: list[int] | None = None) -> list[str]:
+  """Runs the stages (skipping runs in the ledger); writes the report."""
+  from examples import lm_report  # pylint: disable=g-import-not-at-top
+  plan = Plan.tiny() if tiny else Plan()
+  if seeds:
+    plan = dataclasses.replace(plan, final_seeds=tuple(seeds))
+  base = lm().replace(**{**BASE, **dict(plan.overrides)})
   base = config_lib.apply_overrides(base, overrides)
-  sweep = sweep_settings(batches[0], tokens, base.seq_len, micro, n_lrs)
-  sweep_results = experiments.run_grid(base, sweep, seeds[:1],
-                                       os.path.join(workdir, 'sweep'))
-  best = best_learning_rates(sweep_results)
-  grid = main_settings(best, batches, tokens, base.seq_len, micro)
-  results = experiments.run_grid(base, grid, seeds, workdir)
-  wall = time.time() - t0
-  return write_report(workdir, base, grid, results, sweep_results, best,
-                      seeds, batches, tokens, micro, tiny, wall)
+  if ledger_path is None:
+    ledger_path = (os.path.join(workdir, 'runs.jsonl') if tiny else LEDGER)
+  ledger = Ledger(ledger_path)
 
+  def do(r: Run) -> dict:
+    if r.key not in ledger.records:
+      print(f'[{time.strftime("%H:%M:%S")}] {r.key}', flush=True)
+      ledger.add(execute(base, plan, r, os.path.join(workdir, 'runs')))
+    return ledger.records[r.key]
 
-def write_report(workdir, base, grid, results, sweep_results, best, seeds,
-                 batches, tokens, micro, tiny, wall) -> list[str]:
-  fingerprint = next((r['data'] for r in results if 'data' in r), {})
-  table = experiments.markdown_table(results, grid, key='bits_per_byte',
-                                     scale=1.0, decimals=3)
-  seed_list = ','.join(map(str, seeds))
-  command = (f'python -m examples.reproduce --experiment lm_batch'
-             f'{" --tiny" if tiny else ""} --seeds {seed_list} '
-             f'--workdir {workdir}')
-  machine = (f'{platform.machine()}, {os.cpu_count()} CPU cores, '
-             f'{jax.devices()[0].platform}; jax {jax.__version__}')
-  corpus = json.dumps(fingerprint, sort_keys=True)
-  steps = {b: _steps(b, tokens, base.seq_len) for b in batches}
-  schedule = ', '.join(f'batch {b}: {s} steps' for b, s in steps.items())
-  b0 = batches[0]
-  chosen = ', '.join(f'{col} {lr:g}' for col, lr in best.items())
-  lines = [
-      f'# Large batches on a byte-level transformer LM'
-      f'{" (tiny mode)" if tiny else ""}', '',
-      f'Command: `{command}`', '',
-      f'- Model: `{base.model}` ({base.seq_len}-byte sequences), '
-      f'{tokens:,} training bytes per run: {schedule}; batches above '
-      f'{micro} accumulate micro-batches of {micro}.',
-      f'- Learning rate: swept at batch {b0} (seed {seeds[0]}, validation '
-      f'split), then `lr(B) = lr({b0}) * sqrt(B / {b0})`; chosen lr({b0}): '
-      f'{chosen}. Warm-up {base.warmup_fraction:.0%} of the steps, then '
-      f'cosine decay; weight decay {base.weight_decay:g}; every layer '
-      'adapted and decayed (the LAMBC paper\'s convention).',
-      f'- Seeds: {seeds} (model init and data order).',
-      f'- Corpus: `{corpus}`',
-      f'- Machine: {machine}. Wall time of this invocation: '
-      f'{wall / 60:.1f} min.', '',
-      '## Test bits per byte (lower is better), mean ± std over seeds', '',
-      table, '',
-      f'## Learning-rate sweep (validation bits per byte, batch {b0}, seed '
-      f'{seeds[0]})', '',
-      '| optimizer | lr: bits/byte |', '|---|---|',
-      _sweep_table(sweep_results, best), '']
-  text = '\n'.join(lines)
-  paths = [os.path.join(workdir, 'results.md')]
-  with open(paths[0], 'w') as f:
-    f.write(text)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'command': command, 'seeds': seeds, 'corpus': fingerprint,
-               'machine': machine, 'wall_s': wall, 'best_lr': best,
-               'tokens': tokens, 'results': results,
-               'sweep': sweep_results}, f, indent=1)
+  noise_run = do(Run('noise', 'LAMB', plan.noise_batch,
+                     guess_lr('LAMB', plan.noise_batch), TUNE_SEED))
+  noise = noise_scale_summary(noise_run)
+  batches = plan.batches or choose_batches(noise)
+  tuned, tuning = {}, []
   for batch in batches:
-    row = f'batch {batch}'
-    paths.append(plots.plot_curves(
-        experiments.eval_curves(results, row, 'bits_per_byte',
-                                x_per_step=batch * base.seq_len / 1e6),
-        os.path.join(workdir, f'bits_per_byte_batch_{batch}.png'),
-        title=f'Test bits/byte, {row} ({steps[batch]} steps)\n'
-              f'mean over {len(seeds)} seeds; band: min-max',
-        xlabel='training bytes (millions)', ylabel='test bits per byte',
-        higher_is_better=False))
-  largest = f'batch {batches[-1]}'
-  panels = {}
-  for col in ('LAMB', 'LAMBC max 1', 'LAMBC running_stat_bounds'):
-    run_ = next(r for r in results if r['row'] == largest and r['col'] == col
-                and r['seed'] == seeds[0])
-    if not run_['diverged']:
-      panels[col] = plots.read_metrics(run_['workdir'])
-  if panels:
-    paths.append(plots.plot_trust_ratio_heatmaps(
-        panels, os.path.join(workdir, f'trust_ratio_batch_{batches[-1]}.png'),
-        field='applied',
-        title=f'Applied trust ratio per layer, {largest}, seed {seeds[0]}'))
-  return paths
+    for opt in plan.optimizers:
+      tuned[opt, batch], records = tune(do, opt, batch, plan.grid_radius,
+                                        plan.max_extensions)
+      tuning += records
+  finals = [do(Run('final', opt, batch, tuned[opt, batch], seed))
+            for batch in batches for opt in plan.optimizers
+            for seed in plan.final_seeds]
+  return lm_report.write(
+      workdir if tiny else os.path.join('docs', 'lm'),
+      lm_report.Study(base=base, plan=plan, noise_run=noise_run, noise=noise,
+                      batches=batches, tuned=tuned, tuning=tuning,
+                      finals=finals, tiny=tiny, ledger=ledger_path))

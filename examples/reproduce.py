@@ -4,7 +4,7 @@
       --set data_dir=~/tensorflow_datasets
   python -m examples.reproduce --experiment figure2 --seeds 0,1,2
   python -m examples.reproduce --experiment table1 --mock   # seconds, fake data
-  python -m examples.reproduce --experiment lm_batch   # 37 min on 2 cores
+  python -m examples.reproduce --experiment lm_batch   # hours; resumable
 
 Experiments (the paper: Fong, Chen & Chen 2020, Sec. 4):
 
@@ -92,7 +92,7 @@ def main(argv=None) -> list[str]:
   parser.add_argument('--experiment', required=True, choices=list(PAPER))
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--seeds', default=None,
-                      help='comma-separated (default: 0; lm_batch: 0,1,2)')
+                      help='comma-separated (default: 0; lm_batch: 0-4)')
   parser.add_argument('--set', dest='overrides', action='append', default=[],
                       metavar='KEY=VALUE', help='override a config field')
   parser.add_argument('--mock', action='store_true',
@@ -102,9 +102,9 @@ def main(argv=None) -> list[str]:
   args = parser.parse_args(argv)
   if args.experiment == 'lm_batch':
     from examples import lm_study  # pylint: disable=g-import-not-at-top
-    paths = lm_study.run(args.workdir or 'results/lm_batch',
-                         [int(s) for s in (args.seeds or '0,1,2').split(',')],
-                         args.overrides, tiny=args.tiny)
+    seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else None
+    paths = lm_study.run(args.workdir or 'runs/lm_batch', args.overrides,
+                         tiny=args.tiny, seeds=seeds)
     with open(paths[0]) as f:
       print(f.read())
     return paths

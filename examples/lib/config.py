@@ -21,7 +21,9 @@ class Config:
   image_size: int = 32  # input height and width
   augment: bool = True  # random crop (pad 4) + horizontal flip
   seq_len: int = 64  # language models: bytes per sequence
-  eval_examples: int = 0  # evaluate on the first N examples (0: all)
+  eval_examples: int = 0  # evaluate on a fixed sample of N examples (0: all)
+  final_eval_splits: str = ''  # comma-separated; evaluated at the end
+  final_eval_examples: int = 0  # of each final_eval_splits split (0: all)
   # Model.
   model: str = 'resnet18_cifar'  # see examples.lib.models.MODELS
   width: int = 64  # CNNs: base channel width (the paper's ResNet-18: 64)
@@ -44,6 +46,7 @@ class Config:
   policy_warmup_steps: int = 20  # running_stat_bounds warm-up
   exclude_bias_and_norm: bool = True  # masks for decay and adaptation
   momentum: float = 0.9  # sgd, larc
+  adam_eps: float | None = None  # None: adamw's 1e-8, lambc's 1e-6
   # Schedule of the run.
   global_batch_size: int = 1000  # examples per step, all devices
   accum_steps: int = 1  # micro-batches per step (gradient accumulation)
@@ -53,6 +56,7 @@ class Config:
   log_every_steps: int = 50  # metrics.jsonl cadence
   checkpoint_every_steps: int = 0  # 0: no checkpoints
   stop_after_steps: int | None = None  # stop early, no extra checkpoint
+  noise_scale: bool = False  # log B_simple (accum_steps > 1; jit, fsdp)
   skip_nonfinite_steps: int = 0  # >0: optax.apply_if_finite with this limit
   debug_nan_at_step: int | None = None  # fault injection: NaN batch at step
   seed: int = 0  # model init and data order

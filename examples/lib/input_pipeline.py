@@ -145,16 +145,26 @@ def train_dataset(config: Config, source: Sequence[dict]) -> grain.MapDataset:
   return ds.batch(config.global_batch_size // n_proc, drop_remainder=True)
 
 
+def eval_indices(size: int, sample: int = 0) -> np.ndarray:
+  """All of ``range(size)``, or a fixed sorted sample of ``sample`` of them."""
+  if not sample or sample >= size:
+    return np.arange(size)
+  return np.sort(np.random.default_rng(0).choice(size, sample, replace=False))
+
+
 def eval_batches(config: Config, source: Sequence[dict], batch_size: int):
   """This process's eval examples in padded batches with a ``mask``.
 
-  The first ``config.eval_examples`` examples of the split (all if 0).
+  The whole split, or with ``config.eval_examples = N`` a fixed sample of N
+  examples drawn without replacement from all of it (the same on every run
+  and machine: a NumPy generator seeded 0, not the run's seed), so a sample
+  of a text corpus covers all its files rather than the first few.
   """
   norm = preprocess(config)
-  total = len(source)
-  if config.eval_examples:
-    total = min(total, config.eval_examples)
-  mine = list(range(jax.process_index(), total, jax.process_count()))
+  indices = eval_indices(len(source), config.eval_examples)
+  total = len(indices)
+  mine = [int(indices[i]) for i in
+          range(jax.process_index(), total, jax.process_count())]
   # Every process yields the same number of batches (collectives need it).
   per_proc = -(-total // jax.process_count())
   padding = norm(source[0])  # masked out; any example of the right shape

@@ -65,19 +65,21 @@ def create_optimizer(config: Config, schedule: optax.Schedule,
     mask = functools.partial(optax_lambc.exclude_bias_and_norm,
                              layer_axes=layer_axes)
   name = config.optimizer
+  eps = {} if config.adam_eps is None else {'eps': config.adam_eps}
   if name == 'lambc':
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay,
         min_trust_ratio=config.min_trust_ratio, max_trust_ratio=_bounds(config),
         mask=mask, trust_ratio_mask=mask, axis_name=axis_name,
-        layer_axes=layer_axes)
+        layer_axes=layer_axes, **eps)
   if name == 'lamb':  # LAMB = LAMBC without an upper bound, same masks
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay, max_trust_ratio=None,
         mask=mask, trust_ratio_mask=mask, axis_name=axis_name,
-        layer_axes=layer_axes)
+        layer_axes=layer_axes, **eps)
   if name == 'adamw':
-    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
+    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask,
+                       **eps)
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(config.weight_decay, mask),
                        optax.sgd(schedule, momentum=config.momentum))

@@ -99,6 +99,14 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
   return _save(plt, fig, ax, out, title, xlabel, ylabel)
 
 
+def clipped_cells(records: list[dict]) -> np.ndarray:
+  """``[layer, step]``: where the applied ratio is not the raw one."""
+  _, _, raw = trust_ratio_matrix(records, 'raw')
+  _, _, applied = trust_ratio_matrix(records, 'applied')
+  with np.errstate(invalid='ignore'):
+    return np.abs(applied - raw) > 1e-6 * np.abs(raw)
+
+
 def plot_trust_ratio_heatmap(records: list[dict], out: str,
                              field: str = 'raw') -> str:
   """Layer x step heat-map of log10 of a trust-ratio field."""
@@ -106,9 +114,15 @@ def plot_trust_ratio_heatmap(records: list[dict], out: str,
 
 
 def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
-                              field: str = 'raw', title: str = '') -> str:
+                              field: str = 'raw', title: str = '',
+                              mark_clipped: bool = False) -> str:
   """Side-by-side layer x step heat-maps (one per run) of log10 of a
-  trust-ratio field, on one colour scale; one row per (stacked) layer."""
+  trust-ratio field, on one colour scale; one row per (stacked) layer.
+
+  ``mark_clipped`` draws an ``x`` on every cell where the applied ratio
+  differs from the raw one (the clip bound), and says in the panel title
+  when the bound never did.
+  """
   plt = _plt()
   mats = {label: trust_ratio_matrix(records, field)
           for label, records in panels.items()}
@@ -129,7 +143,15 @@ def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
                       extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
     ax.set_yticks(range(len(layers)), layers, fontsize=6)
     ax.set_xlabel('step')
-    ax.set_title(label or f'log10 {field} trust ratio per layer', fontsize=9)
+    heading = label or f'log10 {field} trust ratio per layer'
+    if mark_clipped:
+      rows, cols = np.nonzero(clipped_cells(panels[label]))
+      width = (steps[-1] - steps[0]) / max(1, len(steps))  # a cell's
+      ax.scatter(steps[0] + (cols + 0.5) * width, rows, marker='x', s=6,
+                 color='red', linewidths=0.6)
+      heading += (f'\nclip bound: {len(rows) / logs[label].size:.0%} of '
+                  'cells' if len(rows) else '\nthe clip never bound')
+    ax.set_title(heading, fontsize=9)
   if title:
     fig.suptitle(title, fontsize=10)
   fig.colorbar(image, ax=list(axes[0]), label=f'log10 {field} trust ratio')

@@ -36,6 +36,7 @@ import optax
 
 import optax_lambc
 from examples.lib import input_pipeline, models, optim
+from examples.lib import noise_scale as noise_scale_lib
 from examples.lib.config import Config
 from examples.lib.parallel import Parallel
 
@@ -91,7 +92,8 @@ def _micro_batches(batch: dict, k: int) -> dict:
 
 
 def make_train_step(apply, tx, schedule, axis_name=None, telemetry=True,
-                    mode='jit', accum_steps: int = 1):
+                    mode='jit', accum_steps: int = 1,
+                    noise_scale: bool = False):
   """``step(state, batch) -> (state, metrics)``; pure, for every mode.
 
   Under ``pmap`` each device differentiates its local loss and the gradients
@@ -110,6 +112,10 @@ def make_train_step(apply, tx, schedule, axis_name=None, telemetry=True,
   the schedules and the trust-ratio telemetry count optimizer steps, and the
   loop, checkpoints and data position stay per step. BatchNorm statistics
   are updated micro-batch by micro-batch.
+
+  ``noise_scale`` (with ``accum_steps > 1`` under ``jit``/``fsdp``, where the
+  step sees the global batch) adds the two terms of the gradient noise scale
+  (``examples.lib.noise_scale``) from the micro-batch gradients.
   """
   global_loss = mode == 'shard_map'
 
@@ -133,27 +139,40 @@ def make_train_step(apply, tx, schedule, axis_name=None, telemetry=True,
           state.params, state.batch_stats, batch)
     else:
       def micro_step(carry, micro):
-        grads, stats, loss, correct = carry
+        grads, stats, loss, correct, small_sq = carry
         (m_loss, (m_correct, stats)), m_grads = grad_fn(state.params, stats,
                                                         micro)
+        if noise_scale:  # |mean gradient of this micro-batch|^2
+          m_count = (jnp.sum(micro['weights']) if 'weights' in micro else
+                     model_inputs(micro).shape[0])
+          small_sq += noise_scale_lib.squared_norm(m_grads) * jnp.square(
+              count / m_count) / accum_steps
         return (jax.tree.map(jnp.add, grads, m_grads), stats, loss + m_loss,
-                correct + m_correct), None
+                correct + m_correct, small_sq), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, new_stats, loss, correct), _ = jax.lax.scan(
+      (grads, new_stats, loss, correct, small_sq), _ = jax.lax.scan(
           micro_step, (zeros, state.batch_stats, jnp.zeros([]),
-                       jnp.zeros([])), _micro_batches(batch, accum_steps))
+                       jnp.zeros([]), jnp.zeros([])),
+          _micro_batches(batch, accum_steps))
     accuracy = correct / count
     if axis_name is not None:
       accuracy = jax.lax.pmean(accuracy, axis_name)
       if not global_loss:
         grads, loss = jax.lax.pmean((grads, loss), axis_name)
+    noise = {}
+    if noise_scale and accum_steps > 1:
+      examples = model_inputs(batch).shape[0]
+      noise = noise_scale_lib.estimate(
+          small_sq, noise_scale_lib.squared_norm(grads),
+          examples / accum_steps, examples)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
     metrics = {'loss': jnp.where(finite, loss, 0.0), 'accuracy': accuracy,
                'finite_steps': finite.astype(jnp.float32),
                'lr': jnp.asarray(schedule(state.step), jnp.float32)}
+    metrics.update({f'noise/{k}': v for k, v in noise.items()})
     # Which layers' gradients held NaN/Inf (summed over a log interval).
     metrics.update({f'nonfinite/{k}': v.astype(jnp.float32) for k, v in
                     optax_lambc.nonfinite_leaves(grads).items()})
@@ -204,6 +223,12 @@ def build(config: Config) -> Experiment:
   if config.optimizer not in optim.OPTIMIZERS:
     raise ValueError(f'unknown optimizer {config.optimizer!r}; known: '
                      f'{", ".join(optim.OPTIMIZERS)}')
+  if config.noise_scale and (config.accum_steps < 2 or
+                             config.parallel not in ('jit', 'fsdp')):
+    raise ValueError('noise_scale needs accum_steps > 1 (the micro-batches '
+                     'are the small batches) and parallel jit or fsdp (a '
+                     f'global view of the batch); got accum_steps='
+                     f'{config.accum_steps}, parallel={config.parallel!r}')
   parallel = Parallel.create(config.parallel, config.global_batch_size)
   per_device = config.global_batch_size // jax.device_count()
   if config.accum_steps < 1 or per_device % config.accum_steps:
@@ -240,7 +265,8 @@ def build(config: Config) -> Experiment:
   step_fn = make_train_step(apply, tx, schedule, parallel.axis_name,
                             telemetry=_has_trust_ratio(opt_state),
                             mode=parallel.mode,
-                            accum_steps=config.accum_steps)
+                            accum_steps=config.accum_steps,
+                            noise_scale=config.noise_scale)
   train_step = parallel.compile_step(step_fn, state)
   return Experiment(
       config=config, parallel=parallel, apply=apply, tx=tx,
@@ -285,21 +311,30 @@ def language_model_metrics(config: Config, record: dict) -> dict:
   return out
 
 
-def evaluate(exp: Experiment, state: TrainState) -> dict:
-  """Loss and accuracy over the eval split (its first ``eval_examples``, if
-  set; padded batches); a language model adds bits per byte."""
+EVAL_BATCH = 256
+
+
+def evaluate(exp: Experiment, state: TrainState, source=None,
+             examples: int | None = None) -> dict:
+  """Loss and accuracy over the eval split, or over ``source``; padded
+  batches. ``examples`` (default: the config's ``eval_examples``) takes a
+  fixed sample of that many (0: all). A language model adds bits per byte."""
+  config = exp.config
+  source = exp.eval_source if source is None else source
+  if examples is not None:
+    config = config.replace(eval_examples=examples)
   single = exp.parallel.unplace_state(state)
   n_local = jax.local_device_count()
   # Each process feeds a multiple of its device count; the last batch is
-  # padded and masked, so every batch has one shape (one compilation).
-  local_batch = max(n_local, exp.config.global_batch_size //
+  # padded and masked, so every batch has one shape (one compilation). At
+  # least EVAL_BATCH examples per batch: no gradients are kept.
+  local_batch = max(n_local, max(config.global_batch_size, EVAL_BATCH) //
                     jax.process_count() // n_local * n_local)
   # pmap keeps a replicated copy; evaluate it with the mesh like 'jit'.
   feed = Parallel('jit' if exp.parallel.mode == 'pmap' else
                   exp.parallel.mode, exp.parallel.mesh)
   totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  for batch in input_pipeline.eval_batches(exp.config, exp.eval_source,
-                                           local_batch):
+  for batch in input_pipeline.eval_batches(config, source, local_batch):
     out = exp.eval_step(single.params, single.batch_stats,
                         feed.shard_batch(batch))
     for k in totals:
@@ -415,7 +450,8 @@ def _telemetry_to_host(stats: optax_lambc.TrustRatioStats | None) -> dict:
 
 
 # Summed over a log interval (on device); everything else is the last value.
-_SUMMED = ('loss', 'accuracy', 'lr', 'finite_steps')
+_SUMMED = ('loss', 'accuracy', 'lr', 'finite_steps', 'noise/grad_sq',
+           'noise/trace')
 
 
 class MetricsAccumulator:
@@ -441,11 +477,15 @@ class MetricsAccumulator:
     bad = sorted(k.removeprefix('nonfinite/') for k, v in host.items()
                  if k.startswith('nonfinite/') and v > 0)
     host = {k: v for k, v in host.items() if not k.startswith('nonfinite/')}
+    noise = {}
+    if 'noise/trace' in host:  # each term summed over the interval first
+      noise = {'noise_scale': noise_scale_lib.noise_scale(
+          host.pop('noise/trace'), host.pop('noise/grad_sq'))}
     record = {'step': step, 'split': 'train',
               'loss': host['loss'] / finite if finite else math.nan,
               'accuracy': host['accuracy'] / self.count,
               'lr': host['lr'] / self.count, **_to_host(last), **telemetry,
-              'nonfinite_steps': self.count - int(finite),
+              **noise, 'nonfinite_steps': self.count - int(finite),
               'nonfinite_layers': bad,
               'steps_per_s': self.count / max(time.time() - self.t0, 1e-9)}
     self.sums, self.count, self.t0 = None, 0, time.time()
@@ -588,8 +628,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
   Returns:
     ``{'train': last train record, 'eval': last eval metrics, 'steps': the
-    step the run stopped at, 'state': the final TrainState (one copy)}``,
-    and for a text corpus ``'data'``: its fingerprint per split.
+    step the run stopped at, 'state': the final TrainState (one copy)}``;
+    ``'final'``: ``{split: metrics}`` over each whole split of
+    ``final_eval_splits`` (a finished run); and for a text corpus
+    ``'data'``: its fingerprint per split.
 
   Raises:
     NonFiniteError: on a non-finite loss that is not skipped.
@@ -619,6 +661,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     for sig, handler in zip(signals, previous, strict=False):
       signal.signal(sig, handler)
   result['state'] = exp.parallel.unplace_state(state)
+  if result['steps'] == exp.total_steps:
+    for split in filter(None, config.final_eval_splits.split(',')):
+      result.setdefault('final', {})[split] = evaluate(
+          exp, state, input_pipeline.get_source(config, split),
+          config.final_eval_examples)
   if exp.data_info is not None:
     result['data'] = exp.data_info
   return result

@@ -1,0 +1,283 @@
+"""The LM large-batch study's report: tables with intervals, curves, verdict.
+
+``write(root, study)`` turns the ledger's runs (``examples.lm_study``) into
+``results.md``, ``results.json`` and figures. Intervals are Student-t 95 %
+intervals over seeds; differences between optimizers are paired by seed.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from importlib import metadata
+
+from scipy import stats as scipy_stats
+
+from examples.lib import plots
+from examples.lib.config import Config
+
+PACKAGES = ('jax', 'jaxlib', 'optax', 'flax', 'numpy', 'grain')
+
+
+@dataclasses.dataclass
+class Study:
+  base: Config
+  plan: object  # lm_study.Plan
+  noise_run: dict
+  noise: float
+  batches: tuple[int, ...]
+  tuned: dict[tuple[str, int], float]
+  tuning: list[dict]
+  finals: list[dict]
+  tiny: bool
+  ledger: str
+
+
+def interval(values: list[float]) -> tuple[float, float, int]:
+  """``(mean, half-width of the 95 % t interval, n)`` of the finite values
+  (half-width NaN for fewer than 2)."""
+  ok = [v for v in values if math.isfinite(v)]
+  if not ok:
+    return math.nan, math.nan, 0
+  if len(ok) < 2:
+    return ok[0], math.nan, 1
+  half = scipy_stats.t.ppf(0.975, len(ok) - 1) * statistics.stdev(ok) / \
+      math.sqrt(len(ok))
+  return statistics.mean(ok), half, len(ok)
+
+
+def paired(finals: list[dict], a: str, b: str, batch: int
+           ) -> tuple[float, float, int]:
+  """The 95 % interval of ``a - b`` in test bits/byte, paired by seed."""
+  by = {(r['optimizer'], r['seed']): r['test_bpb'] for r in finals
+        if r['batch'] == batch}
+  seeds = sorted({s for (o, s) in by if o == a} & {s for (o, s) in by
+                                                   if o == b})
+  return interval([by[a, s] - by[b, s] for s in seeds])
+
+
+def _fmt(mean: float, half: float, n: int, digits: int = 3) -> str:
+  if n == 0:
+    return 'diverged'
+  if not math.isfinite(half):
+    return f'{mean:.{digits}f} (n={n})'
+  return f'{mean:.{digits}f} ± {half:.{digits}f} (n={n})'
+
+
+def target_bpb(study: Study) -> float:
+  """The validation target: the worst tuned cell's final sampled validation
+  bits/byte, rounded up to 0.01, so every tuned cell reached it."""
+  worst = 0.0
+  for (opt, batch), lr in study.tuned.items():
+    rec = next(r for r in study.tuning if r['optimizer'] == opt and
+               r['batch'] == batch and r['lr'] == lr)
+    worst = max(worst, rec['curve'][-1][1])
+  return math.ceil(worst * 100) / 100
+
+
+def bytes_to_target(record: dict, target: float, seq_len: int) -> float:
+  """Training bytes until the sampled validation loss first reached the
+  target (inf if never)."""
+  for step, bpb in record['curve']:
+    if bpb <= target:
+      return step * record['batch'] * seq_len
+  return math.inf
+
+
+def _machine(study: Study) -> str:
+  cpus = sorted({f"{r['cpu']} ({r['cores']} cores)" for r in
+                 [study.noise_run, *study.tuning, *study.finals]})
+  return '; '.join(cpus)
+
+
+def _corpus(study: Study) -> dict | None:
+  return next((r['data'] for r in study.finals if r.get('data')), None)
+
+
+def _versions() -> str:
+  out = [f'Python {sys.version.split()[0]}']
+  for p in PACKAGES:
+    try:
+      out.append(f'{p} {metadata.version(p)}')
+    except metadata.PackageNotFoundError:
+      pass
+  return ', '.join(out)
+
+
+def _figures(root: str, study: Study, seq_len: int) -> list[str]:
+  paths = []
+  noise = [(s * study.noise_run['batch'] * seq_len / 1e6, b)
+           for s, b in study.noise_run['noise']]
+  curves = {'B_simple per log interval': noise}
+  for b in study.batches:
+    curves[f'batch {b}'] = [(noise[0][0], b), (noise[-1][0], b)]
+  paths.append(plots.plot_curves(
+      curves, os.path.join(root, 'noise_scale.png'),
+      title=f"Gradient noise scale along a LAMB run (batch "
+            f"{study.noise_run['batch']}, micro-batches of "
+            f"{study.plan.noise_micro_batch})\nmedian over the second half: "
+            f'{study.noise:.1f} sequences; flat lines: the studied batches',
+      xlabel='training bytes (millions)',
+      ylabel=f'B_simple (sequences of {seq_len} bytes)',
+      higher_is_better=False))
+  for batch in study.batches:
+    curves = {}
+    for opt in study.plan.optimizers:
+      runs = [r for r in study.finals if r['optimizer'] == opt and
+              r['batch'] == batch and not r['diverged']]
+      if not runs:
+        continue
+      pts = {}
+      for r in runs:
+        for step, bpb in r['curve']:
+          pts.setdefault(step, []).append(bpb)
+      curves[f"{opt} (lr {study.tuned[opt, batch]:.3g})"] = [
+          (s * batch * seq_len / 1e6, statistics.mean(v), min(v), max(v))
+          for s, v in sorted(pts.items())]
+    paths.append(plots.plot_curves(
+        curves, os.path.join(root, f'validation_batch_{batch}.png'),
+        title=f'Validation bits/byte (fixed 1024-window sample), batch '
+              f'{batch}\nmean over {len(study.plan.final_seeds)} seeds; '
+              'band: min-max',
+        xlabel='training bytes (millions)',
+        ylabel='validation bits per byte', higher_is_better=False))
+  largest = study.batches[-1]
+  panels = {}
+  for r in study.finals:
+    if r['batch'] == largest and r.get('telemetry'):
+      panels[f"{r['optimizer']} (seed {r['seed']})"] = [
+          {**row, 'split': 'train'} for row in r['telemetry']]
+  if panels:
+    paths.append(plots.plot_trust_ratio_heatmaps(
+        panels, os.path.join(root, f'trust_ratio_batch_{largest}.png'),
+        field='raw', mark_clipped=True,
+        title=f'Raw trust ratio per layer, batch {largest}; x: the clip '
+              'bound (applied ≠ raw)'))
+  return paths
+
+
+def write(root: str, study: Study) -> list[str]:
+  """Writes the report under ``root``; returns the paths written."""
+  os.makedirs(root, exist_ok=True)
+  base, plan = study.base, study.plan
+  seq_len = base.seq_len
+  target = target_bpb(study)
+  largest = study.batches[-1]
+  a, b = plan_primary = ('LAMBC max 1', 'LAMB')
+  primary = paired(study.finals, a, b, largest) if all(
+      o in plan.optimizers for o in plan_primary) else (math.nan, math.nan, 0)
+  lines = [
+      f'# Large batches on a byte-level transformer LM'
+      f'{" (tiny mode)" if study.tiny else ""}', '',
+      'Command: `python -m examples.reproduce --experiment lm_batch'
+      f'{" --tiny" if study.tiny else ""}` (resumes from the ledger '
+      f'`{study.ledger}`; the design and the primary comparison were fixed '
+      'before the runs in `PLAN.md`).', '',
+      f'- Machine(s): {_machine(study)}; {_versions()}; XLA_FLAGS='
+      f"`{os.environ.get('XLA_FLAGS', '')}`. Report written "
+      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+      f'- Corpus: `{json.dumps(_corpus(study), sort_keys=True)}`',
+      f'- Model `{base.model}`, {seq_len}-byte sequences, '
+      f'{plan.tokens:,} training bytes per run; Adam ε {base.adam_eps:g} for '
+      f'every optimizer; weight decay {base.weight_decay:g}; warm-up '
+      f'{base.warmup_fraction:.0%} of the steps, then cosine decay; every '
+      'layer adapted and decayed (the LAMBC paper\'s convention).', '',
+      '## The batches, from the gradient noise scale', '',
+      f"One LAMB run at batch {study.noise_run['batch']} (micro-batches of "
+      f'{plan.noise_micro_batch}) logged B_simple (McCandlish et al. 2018). '
+      f'Its median over the second half of training is **{study.noise:.1f} '
+      f'sequences** ({study.noise * seq_len:,.0f} bytes). The studied '
+      f'batches are {", ".join(map(str, study.batches))} sequences: '
+      + ', '.join(f'{bb / study.noise:.2g}×' for bb in study.batches) +
+      ' the noise scale. Figure: `noise_scale.png`.', '',
+      '## Learning rates, tuned per (optimizer, batch)', '',
+      f'Factor-2 grid around `lr(16) * sqrt(B / 16)` (0.2\'s batch-16 picks), '
+      f'extended while the best sat at an edge; seed {study.tuning[0]["seed"]}'
+      ', scored on the whole validation split (bits/byte; chosen in bold).',
+      '', '| optimizer | batch | lr: validation bits/byte |', '|---|---|---|']
+  for (opt, batch), lr in study.tuned.items():
+    cells = []
+    for r in sorted((r for r in study.tuning if r['optimizer'] == opt and
+                     r['batch'] == batch), key=lambda r: r['lr']):
+      v = r['validation_bpb']
+      text = f"{r['lr']:.3g}: " + (f'{v:.3f}' if math.isfinite(v) else
+                                   'diverged')
+      cells.append(f'**{text}**' if r['lr'] == lr else text)
+    lines.append(f'| {opt} | {batch} | ' + ', '.join(cells) + ' |')
+  lines += [
+      '', '## Test bits per byte (whole test split; mean ± 95 % interval)',
+      '', '| batch | steps | ' + ' | '.join(plan.optimizers) + ' |',
+      '|---|---|' + '---|' * len(plan.optimizers)]
+  summary = {}
+  for batch in study.batches:
+    cells = []
+    for opt in plan.optimizers:
+      vals = [r['test_bpb'] for r in study.finals if r['optimizer'] == opt
+              and r['batch'] == batch]
+      summary[f'{opt} @ {batch}'] = interval(vals)
+      diverged = sum(not math.isfinite(v) for v in vals)
+      cells.append(_fmt(*interval(vals)) + (f', {diverged} diverged' if
+                                             diverged else ''))
+    n_steps = plan.tokens // (batch * seq_len)
+    lines.append(f'| {batch} | {n_steps} | ' + ' | '.join(cells) + ' |')
+  pairs = [(o1, o2) for o1, o2 in (('LAMBC max 1', 'LAMB'),
+                                   ('LAMBC max 1', 'AdamW'),
+                                   ('LAMB', 'AdamW'))
+           if o1 in plan.optimizers and o2 in plan.optimizers]
+  lines += ['', '## Paired differences in test bits/byte (negative: the '
+            'first is better)', '',
+            '| batch | ' + ' | '.join(f'{x} − {y}' for x, y in pairs) + ' |',
+            '|---|' + '---|' * len(pairs)]
+  for batch in study.batches:
+    cells = []
+    for x, y in pairs:
+      m, h, n = paired(study.finals, x, y, batch)
+      star = ' **(primary)**' if (x, y) == (a, b) and batch == largest else ''
+      cells.append(_fmt(m, h, n, 4) + star)
+    lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f'## Training bytes (millions) to a validation loss of '
+            f'{target:.2f} bits/byte', '',
+            'The target is the worst tuned cell\'s final sampled validation '
+            'loss, so every tuned cell reached it on the tuning seed. Median '
+            'over seeds (runs that never reached it: ∞).', '',
+            '| batch | ' + ' | '.join(plan.optimizers) + ' |',
+            '|---|' + '---|' * len(plan.optimizers)]
+  for batch in study.batches:
+    cells = []
+    for opt in plan.optimizers:
+      vals = [bytes_to_target(r, target, seq_len) / 1e6 for r in study.finals
+              if r['optimizer'] == opt and r['batch'] == batch]
+      cells.append(f'{statistics.median(vals):.2f}' if vals else '–')
+    lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
+  lines += ['', '## Verdict (generated from the primary interval)', '',
+            verdict(primary, largest), '']
+  paths = [os.path.join(root, 'results.md'),
+           os.path.join(root, 'results.json')]
+  with open(paths[0], 'w') as f:
+    f.write('\n'.join(lines))
+  with open(paths[1], 'w') as f:
+    json.dump({'noise_scale': study.noise, 'batches': study.batches,
+               'tuned_lr': {f'{o} @ {bb}': lr for (o, bb), lr in
+                            study.tuned.items()},
+               'test_bpb': summary, 'primary': primary,
+               'target_bpb': target, 'machine': _machine(study),
+               'versions': _versions()}, f, indent=1)
+  return paths + _figures(root, study, seq_len)
+
+
+def verdict(primary: tuple[float, float, int], batch: int) -> str:
+  mean, half, n = primary
+  if n < 2 or not math.isfinite(half):
+    return 'Too few paired seeds for an interval: no verdict.'
+  lo, hi = mean - half, mean + half
+  where = (f'LAMBC max 1 − LAMB at batch {batch}: {mean:+.4f} bits/byte, '
+           f'95 % interval [{lo:+.4f}, {hi:+.4f}] over {n} paired seeds.')
+  if hi < 0:
+    return where + ' Clipping the trust ratio at 1 helps LAMB at this batch.'
+  if lo > 0:
+    return where + ' Clipping the trust ratio at 1 hurts LAMB at this batch.'
+  return where + (' The interval contains 0: a tie. These runs do not show '
+                  'that clipping changes the loss at this batch.')
