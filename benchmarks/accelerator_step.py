@@ -10,8 +10,9 @@ compiles the donated ``update + apply_updates`` step and reports
   memory, divided by the params' bytes (AdamW reads g, m, v, p and writes m, v,
   p: exactly 7.00). Operands and results of every ENTRY op are counted except
   parameter / get-tuple-element / tuple / constant / bitcast / ``*-done``,
-  leaving out arrays in an on-chip memory space (layout ``S(n)``) and counting
-  an async ``*-start`` copy once;
+  leaving out arrays in an on-chip memory space (layout ``S(n)``); an async
+  copy or slice (TPU's prefetches into and evictions from on-chip memory)
+  counts its destination's bytes once per end in device memory;
 * **fusions** and **copies** (scalar copies apart) in the optimised HLO;
 * **launches** on H100: the thunks in XLA's thunk sequence (kernels, copies).
 
@@ -93,6 +94,19 @@ def _entry_ops(hlo: str) -> list[tuple[str, str, str, list[str]]]:
   return ops
 
 
+def _async_move_bytes(result: str, n_operands: int) -> int:
+  """Device-memory bytes of an async copy or slice (TPU memory-space
+  prefetches and evictions): its result is ``(operands..., destination,
+  context)``; the destination's bytes are read from device memory if the
+  source is there, and written to it if the destination is."""
+  arrays = _ARRAY.findall(result)
+  dtype, dims, layout = arrays[n_operands]
+  moved = _BYTES.get(dtype, 0) * int(np.prod(
+      [int(d) for d in dims.split(',') if d] or [1]))
+  in_hbm = lambda a: not (a[2] and 'S(' in a[2])
+  return moved * (in_hbm(arrays[0]) + in_hbm(arrays[n_operands]))
+
+
 def hbm_bytes(hlo: str) -> int:
   """Device-memory bytes the ENTRY ops of an optimised HLO module move."""
   ops = _entry_ops(hlo)
@@ -102,6 +116,9 @@ def hbm_bytes(hlo: str) -> int:
     if opcode in _SKIP or opcode.endswith('-done'):
       continue
     read = sum(_array_bytes(shapes.get(o, '')) for o in operands)
+    if opcode in ('copy-start', 'slice-start'):
+      total += _async_move_bytes(result, len(operands))
+      continue
     if opcode.endswith('-start'):
       total += read  # the moved bytes, counted once
       continue
