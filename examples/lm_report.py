@@ -118,7 +118,7 @@ def _figures(root: str, study: Study, seq_len: int) -> list[str]:
       curves, os.path.join(root, 'noise_scale.png'),
       title=f"Gradient noise scale along a LAMB run (batch "
             f"{study.noise_run['batch']}, micro-batches of "
-            f"{study.plan.noise_micro_batch})\nmedian over the second half: "
+            f"{study.plan.noise_micro_batch})\nmedian over the middle half: "
             f'{study.noise:.1f} sequences; flat lines: the studied batches',
       xlabel='training bytes (millions)',
       ylabel=f'B_simple (sequences of {seq_len} bytes)',
@@ -188,7 +188,8 @@ def write(root: str, study: Study) -> list[str]:
       '## The batches, from the gradient noise scale', '',
       f"One LAMB run at batch {study.noise_run['batch']} (micro-batches of "
       f'{plan.noise_micro_batch}) logged B_simple (McCandlish et al. 2018). '
-      f'Its median over the second half of training is **{study.noise:.1f} '
+      'Its median over the middle half of training (steps 25–75 %; it grows '
+      f'without bound as the cosine decays) is **{study.noise:.1f} '
       f'sequences** ({study.noise * seq_len:,.0f} bytes). The studied '
       f'batches are {", ".join(map(str, study.batches))} sequences: '
       + ', '.join(f'{bb / study.noise:.2g}×' for bb in study.batches) +

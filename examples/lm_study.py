@@ -10,7 +10,7 @@ any run) has three stages; each finished run is appended to a ledger
 on any machine:
 
 1. ``noise``: one LAMB run with the gradient noise scale logged
-   (``examples.lib.noise_scale``). The median ``B_simple`` over its second
+   (``examples.lib.noise_scale``). The median ``B_simple`` over its middle
    half places the batches at powers of two near ``BATCH_FACTORS`` times it.
 2. ``tune``: for every (optimizer, batch), the learning rate on a factor-2
    grid centred on the square-root rule's guess from 0.2's batch-16 picks
@@ -201,8 +201,12 @@ def execute(base: Config, plan: Plan, run: Run, workdir: str) -> dict:
 
 
 def noise_scale_summary(record: dict) -> float:
-  """Median ``B_simple`` over the second half of the noise run (sequences)."""
-  values = [b for s, b in record['noise'] if s > record['steps'] / 2 and
+  """Median ``B_simple`` over the middle half of the noise run (steps 25 % to
+  75 %), in sequences: past the warm-up, and before the cosine's last decay,
+  where the gradient shrinks towards the noise and ``B_simple`` grows
+  without bound."""
+  values = [b for s, b in record['noise']
+            if record['steps'] / 4 <= s <= 3 * record['steps'] / 4 and
             math.isfinite(b) and b > 0]
   return statistics.median(values) if values else math.nan
 
