@@ -1,6 +1,11 @@
 """End-to-end runs of the examples on mock data: train, kill, resume."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -8,7 +13,10 @@ import pytest
 
 from examples.configs import cifar10, digits, imagenet64
 from examples.lib import config as config_lib
+from examples.lib import parallel as parallel_lib
 from examples.lib import train as train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(preset, **kw):
@@ -57,10 +65,12 @@ def test_digits_learns_offline(tmp_path):
 
 
 @pytest.mark.parametrize('overrides,error,match', [
-    (['optimizer=adagrad'], ValueError, "unknown optimizer 'adagrad'"),
-    (['parallel=dp'], ValueError, "unknown parallel mode 'dp'"),
-    (['schedule=linear'], ValueError, "unknown schedule 'linear'"),
-    (['model=vgg'], ValueError, "unknown model 'vgg'"),
+    (['optimizer=adagrad'], ValueError, "optimizer='adagrad' is not one of"),
+    (['parallel=dp'], ValueError, "parallel='dp' is not one of"),
+    (['schedule=linear'], ValueError, "schedule='linear' is not one of"),
+    (['model=vgg'], ValueError, "model='vgg' is not one of"),
+    (['max_trust_ratio=-1'], ValueError, 'max_trust_ratio=-1.0 must be >= 0'),
+    (['policy_decay=1'], ValueError, r'policy_decay=1.0 must be in \[0, 1\)'),
     (['global_batch_size=100000'], ValueError, 'fewer than one global batch'),
     (['mock_data=false', 'data_dir=/nonexistent'], FileNotFoundError,
      'not prepared'),
@@ -144,3 +154,38 @@ def test_heatmap_rows_are_stacked_layers_in_order():
   layers, steps, m = plots.trust_ratio_matrix(records)
   assert layers == [f'blocks/k[{i}]' for i in range(12)] + ['head']
   assert m.shape == (13, 2) and steps == [1, 2]
+
+
+@pytest.mark.parametrize('setting,match', [
+    ('optimizer=lambcc', "optimizer='lambcc' is not one of"),
+    ('max_trust_ratio=-1', 'max_trust_ratio=-1.0 must be >= 0'),
+    ('accum_steps=3', 'accum_steps=3 must divide global_batch_size 64'),
+    ('seq_len=100000', 'seq_len 100000 exceeds the transformer_tiny'),
+])
+def test_cli_rejects_a_bad_value_before_jax_starts(setting, match):
+  # The check runs on the parsed config alone: JAX is never imported, and the
+  # error comes back in well under 3 s even on a loaded 2-core machine.
+  code = ('import runpy, sys\n'
+          "sys.argv = ['train', 'lm', '--workdir', '/nonexistent', '--set', "
+          f"{setting!r}]\n"
+          'try:\n'
+          "  runpy.run_module('examples.train', run_name='__main__')\n"
+          'except SystemExit as e:\n'
+          "  print('exit', e.code, 'jax' in sys.modules)\n")
+  t0 = time.perf_counter()
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+  elapsed = time.perf_counter() - t0
+  assert out.stdout.strip() == 'exit 2 False', out.stdout + out.stderr
+  assert re.search(match, out.stderr), out.stderr
+  assert elapsed < 3.0, elapsed
+
+
+def test_config_tables_match_what_the_examples_build():
+  from examples.lib import models, transformer  # pylint: disable=g-import-not-at-top
+  assert set(config_lib.CLASSIFIERS) | set(
+      config_lib.TRANSFORMER_MAX_LEN) == set(models.MODELS)
+  for name, max_len in config_lib.TRANSFORMER_MAX_LEN.items():
+    assert transformer.SIZES[name.removeprefix('transformer_')].max_len == (
+        max_len)
+  assert set(config_lib.PARALLEL_MODES) == set(parallel_lib.MODES)

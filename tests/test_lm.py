@@ -136,7 +136,7 @@ def test_lm_on_mock_tfds_text(tmp_path):
 
 
 @pytest.mark.parametrize('overrides,match', [
-    ({'accum_steps': 3}, r"accum_steps=3 must divide each device's 8"),
+    ({'accum_steps': 3}, 'accum_steps=3 must divide global_batch_size 8'),
     ({'accum_steps': 0}, 'accum_steps=0 must divide'),
     ({'seq_len': 512}, 'seq_len 512 exceeds the transformer_tiny max_len'),
     ({'dataset': 'lm1b', 'data_dir': '/nonexistent'}, 'not prepared'),

@@ -74,7 +74,72 @@ class Config:
 
 
 class ConfigError(ValueError):
-  """A bad ``--set``: unknown key or a value of the wrong type."""
+  """A bad config: an unknown key, a value of the wrong type or out of range.
+  """
+
+
+# Names the config accepts, checked before JAX or the data start (a test
+# keeps them equal to what examples.lib builds).
+OPTIMIZERS = ('lambc', 'lamb', 'adamw', 'sgd', 'larc')
+SCHEDULES = ('cosine', 'step', 'constant')
+BOUND_POLICIES = ('fixed', 'dynamic', 'running')
+PARALLEL_MODES = ('jit', 'pmap', 'shard_map', 'fsdp')
+CLASSIFIERS = ('resnet18_cifar', 'resnet18_64', 'resnet34_64', 'small_cnn')
+TRANSFORMER_MAX_LEN = {'transformer_tiny': 128, 'transformer_small': 256,
+                       'transformer_gpt2_small': 1024,
+                       'transformer_bert_base': 512}
+
+
+def _one_of(config: Config, key: str, known) -> None:
+  value = getattr(config, key)
+  if value not in known:
+    raise ConfigError(f'{key}={value!r} is not one of: {", ".join(known)}')
+
+
+def _at_least(config: Config, key: str, low: float, strict: bool = False
+              ) -> None:
+  value = getattr(config, key)
+  if value is not None and (value <= low if strict else value < low):
+    raise ConfigError(f'{key}={value!r} must be {">" if strict else ">="} '
+                      f'{low:g}')
+
+
+def validate(config: Config) -> Config:
+  """Every check that needs neither devices nor data, before either starts.
+
+  Raises:
+    ConfigError: naming the key and the accepted values.
+  """
+  _one_of(config, 'optimizer', OPTIMIZERS)
+  _one_of(config, 'schedule', SCHEDULES)
+  _one_of(config, 'bound_policy', BOUND_POLICIES)
+  _one_of(config, 'parallel', PARALLEL_MODES)
+  _one_of(config, 'model', CLASSIFIERS + tuple(TRANSFORMER_MAX_LEN))
+  for key in ('learning_rate', 'global_batch_size', 'seq_len',
+              'log_every_steps', 'num_train_steps', 'num_epochs'):
+    _at_least(config, key, 0, strict=True)
+  for key in ('weight_decay', 'min_trust_ratio', 'max_trust_ratio',
+              'eval_examples', 'final_eval_examples', 'eval_every_steps',
+              'checkpoint_every_steps', 'warmup_epochs', 'warmup_fraction',
+              'policy_n_std', 'policy_warmup_steps', 'skip_nonfinite_steps'):
+    _at_least(config, key, 0)
+  if not 0 <= config.policy_decay < 1:
+    raise ConfigError(f'policy_decay={config.policy_decay!r} must be in '
+                      '[0, 1)')
+  if config.accum_steps < 1 or config.global_batch_size % config.accum_steps:
+    raise ConfigError(f'accum_steps={config.accum_steps} must divide '
+                      f'global_batch_size {config.global_batch_size}')
+  max_len = TRANSFORMER_MAX_LEN.get(config.model)
+  if max_len is not None and config.seq_len > max_len:
+    raise ConfigError(f'seq_len {config.seq_len} exceeds the {config.model} '
+                      f'max_len {max_len}')
+  if config.noise_scale and (config.accum_steps < 2 or
+                             config.parallel not in ('jit', 'fsdp')):
+    raise ConfigError('noise_scale needs accum_steps > 1 (the micro-batches '
+                      'are the small batches) and parallel jit or fsdp (a '
+                      f'global view of the batch); got accum_steps='
+                      f'{config.accum_steps}, parallel={config.parallel!r}')
+  return config
 
 
 def _type_name(hint) -> str:
@@ -155,4 +220,4 @@ def cli(preset: Config, description: str, argv=None,
   parser.add_argument('--set', dest='overrides', action='append', default=[],
                       metavar='KEY=VALUE', help='override a config field')
   args = parser.parse_args(argv)
-  return apply_overrides(preset, args.overrides), args.workdir
+  return validate(apply_overrides(preset, args.overrides)), args.workdir

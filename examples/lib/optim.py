@@ -5,9 +5,7 @@ import functools
 import optax
 
 import optax_lambc
-from examples.lib.config import Config
-
-OPTIMIZERS = ('lambc', 'lamb', 'adamw', 'sgd', 'larc')
+from examples.lib.config import OPTIMIZERS, Config
 
 
 def learning_rate_schedule(config: Config, steps_per_epoch: int,

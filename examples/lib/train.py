@@ -37,6 +37,7 @@ import optax
 import optax_lambc
 from examples.lib import input_pipeline, models, optim
 from examples.lib import noise_scale as noise_scale_lib
+from examples.lib import config as config_lib
 from examples.lib.config import Config
 from examples.lib.parallel import Parallel
 
@@ -220,18 +221,10 @@ class Experiment:
 
 def build(config: Config) -> Experiment:
   """Validates the config, builds model/optimizer/data; no training yet."""
-  if config.optimizer not in optim.OPTIMIZERS:
-    raise ValueError(f'unknown optimizer {config.optimizer!r}; known: '
-                     f'{", ".join(optim.OPTIMIZERS)}')
-  if config.noise_scale and (config.accum_steps < 2 or
-                             config.parallel not in ('jit', 'fsdp')):
-    raise ValueError('noise_scale needs accum_steps > 1 (the micro-batches '
-                     'are the small batches) and parallel jit or fsdp (a '
-                     f'global view of the batch); got accum_steps='
-                     f'{config.accum_steps}, parallel={config.parallel!r}')
+  config_lib.validate(config)
   parallel = Parallel.create(config.parallel, config.global_batch_size)
   per_device = config.global_batch_size // jax.device_count()
-  if config.accum_steps < 1 or per_device % config.accum_steps:
+  if per_device % config.accum_steps:
     raise ValueError(f'accum_steps={config.accum_steps} must divide each '
                      f"device's {per_device} examples (global_batch_size "
                      f'{config.global_batch_size} over {jax.device_count()} '
@@ -251,9 +244,6 @@ def build(config: Config) -> Experiment:
   # after the model, from pure-dict params.
   model = models.create_model(config.model, config.num_classes, config.width,
                               config.seed, bn_axis_name=parallel.axis_name)
-  if config.language_model and config.seq_len > model.config.max_len:
-    raise ValueError(f'seq_len {config.seq_len} exceeds the {config.model} '
-                     f'max_len {model.config.max_len}')
   layer_axes = models.layer_axes(model)
   graphdef, params, batch_stats, template = models.split(model)
   apply = models.make_apply(graphdef, template)
