@@ -10,13 +10,18 @@ achieved bandwidth as a fraction of a copy bandwidth measured in the same run.
   python -m benchmarks.step_time                 # all trees, prints a table
   python -m benchmarks.step_time --trees resnet18 --runs 30 --json out.json
   python -m benchmarks.step_time --tiny          # seconds; used by the tests
+  python -m benchmarks.step_time --trees bert_base --baseline ../v0.2  # A/B
 """
 
 import argparse
+import importlib
 import json
+import os
 import platform
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable
 
 import jax
@@ -124,29 +129,58 @@ def make_params(shapes: dict, seed: int = 0) -> dict:
 # Optimizers under test.
 
 
-def optimizers(lr=1e-3, wd=1e-2, layer_axes=None) -> dict:
-  """name -> (optimizer, read telemetry in the step)."""
+def load_release(path: str) -> types.ModuleType:
+  """Another release's ``optax_lambc`` (a checkout at ``path``), imported
+  beside this one: its modules are renamed out of ``sys.modules`` so both
+  run in one process (an A/B without machine drift between processes)."""
+  mine = lambda: [k for k in sys.modules
+                  if k == 'optax_lambc' or k.startswith('optax_lambc.')]
+  saved = {k: sys.modules.pop(k) for k in mine()}
+  sys.path.insert(0, os.path.abspath(path))
+  try:
+    release = importlib.import_module('optax_lambc')
+  finally:
+    sys.path.remove(os.path.abspath(path))
+    for k in mine():
+      del sys.modules[k]
+    sys.modules.update(saved)
+  return release
+
+
+def optimizers(lr=1e-3, wd=1e-2, layer_axes=None, baseline=None) -> dict:
+  """name -> (optimizer, the trust_ratio_stats the step reads, or None).
+
+  ``baseline``: another release's ``optax_lambc`` module, whose lambc rows
+  are added with ``@version``.
+  """
   opts = {
-      'adamw': (optax.adamw(lr, weight_decay=wd), False),
-      'optax.lamb': (optax.lamb(lr, weight_decay=wd), False),
-      'lambc(max=None)': (optax_lambc.lambc(lr, weight_decay=wd,
-                                            max_trust_ratio=None), False),
-      'lambc': (optax_lambc.lambc(lr, weight_decay=wd, max_trust_ratio=1.0),
-                True),
+      'adamw': (optax.adamw(lr, weight_decay=wd), None),
+      'optax.lamb': (optax.lamb(lr, weight_decay=wd), None),
   }
-  if layer_axes is not None:
-    full = lambda params: {k: layer_axes.get(k) for k in params}
-    opts['lambc(per-slice)'] = (optax_lambc.lambc(
-        lr, weight_decay=wd, max_trust_ratio=1.0, layer_axes=full), True)
+  for lib, tag in ((optax_lambc, ''), (baseline, '')):
+    if lib is None:
+      continue
+    if lib is baseline:
+      tag = f'@{lib.__version__}'
+    opts[f'lambc(max=None){tag}'] = (lib.lambc(
+        lr, weight_decay=wd, max_trust_ratio=None), None)
+    opts[f'lambc{tag}'] = (lib.lambc(lr, weight_decay=wd,
+                                     max_trust_ratio=1.0),
+                           lib.trust_ratio_stats)
+    if layer_axes is not None:
+      full = lambda params: {k: layer_axes.get(k) for k in params}
+      opts[f'lambc(per-slice){tag}'] = (lib.lambc(
+          lr, weight_decay=wd, max_trust_ratio=1.0, layer_axes=full),
+                                         lib.trust_ratio_stats)
   return opts
 
 
-def make_step(opt, telemetry: bool, donate: bool):
+def make_step(opt, telemetry, donate: bool):
   def step(params, state, grads):
     updates, state = opt.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    if telemetry:
-      stats = optax_lambc.trust_ratio_stats(state)
+    if telemetry is not None:
+      stats = telemetry(state)
       return params, state, (stats.clipped_upper_fraction,
                              stats.clipped_lower_fraction)
     return params, state, ()
@@ -175,12 +209,12 @@ def copy_bandwidth(tree, runs: int) -> float:
   return 2 * tree_bytes(tree) / statistics.median(times)
 
 
-def bench_tree(name: str, runs: int, warmup: int) -> dict:
+def bench_tree(name: str, runs: int, warmup: int, baseline=None) -> dict:
   params0 = make_params(TREES[name]())
   grads = jax.tree.map(lambda p: p * 0.1 + 0.01, params0)
   p_bytes = tree_bytes(params0)
   n_leaves = len(jax.tree.leaves(params0))
-  opts = optimizers(layer_axes=STACKED.get(name))
+  opts = optimizers(layer_axes=STACKED.get(name), baseline=baseline)
   result = {'tree': name, 'params': sum(x.size for x in
                                         jax.tree.leaves(params0)),
             'leaves': n_leaves, 'param_bytes': p_bytes, 'modes': {}}
@@ -233,11 +267,11 @@ def print_result(r: dict) -> None:
         f"leaves; copy bandwidth {r['copy_bandwidth_GBps']:.1f} GB/s")
   for mode, rows in r['modes'].items():
     print(f'  [{mode}]')
-    print(f"  {'optimizer':<17}{'ms':>9}{'/adamw':>8}{'/lamb':>7}"
+    print(f"  {'optimizer':<24}{'ms':>9}{'/adamw':>8}{'/lamb':>7}"
           f"{'compile s':>10}{'/lamb':>7}{'state MB':>9}{'+bytes':>8}"
           f"{'bw frac':>8}")
     for key, v in rows.items():
-      print(f"  {key:<17}{v['median_ms']:>9.2f}{v['vs_adamw']:>8.2f}"
+      print(f"  {key:<24}{v['median_ms']:>9.2f}{v['vs_adamw']:>8.2f}"
             f"{v['vs_optax_lamb']:>7.2f}{v['compile_s']:>10.2f}"
             f"{v['compile_vs_optax_lamb']:>7.2f}"
             f"{v['state_bytes'] / 1e6:>9.1f}{v['state_overhead_bytes']:>8d}"
@@ -254,7 +288,11 @@ def main(argv=None) -> list[dict]:
   parser.add_argument('--json', default=None, help='write results here')
   parser.add_argument('--tiny', action='store_true',
                       help='the tiny tree, 3 runs: a smoke test')
+  parser.add_argument('--baseline', default=None, metavar='PATH',
+                      help="another release's checkout: its lambc rows run "
+                           'in this process too (an A/B)')
   args = parser.parse_args(argv)
+  baseline = load_release(args.baseline) if args.baseline else None
   if args.tiny:
     args.trees, args.runs, args.warmup = 'tiny,tiny_stacked', 3, 1
   print(f'jax {jax.__version__}, optax {optax.__version__}, '
@@ -263,7 +301,7 @@ def main(argv=None) -> list[dict]:
         f'{len(jax.devices())} device(s)')
   results = []
   for name in args.trees.split(','):
-    r = bench_tree(name, args.runs, args.warmup)
+    r = bench_tree(name, args.runs, args.warmup, baseline)
     print_result(r)
     results.append(r)
   if args.json:

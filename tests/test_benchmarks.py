@@ -84,6 +84,9 @@ ENTRY %main.1 (p0: f32[4], p1: f32[4]) -> (f32[4], f32[]) {
   %copy.1 = f32[] copy(%c), metadata={x="y"}
   %c = f32[] constant(1)
   %on_chip = f32[4]{0:S(1)} copy(%fusion)
+  %slice-start = ((f32[4]{0}), f32[1]{0:S(1)}, s32[]{:S(2)}) slice-start(%p0), slice={[0:1]}
+  %copy-start = (f32[4]{0}, f32[4]{0:S(1)}, u32[]{:S(2)}) copy-start(%on_chip)
+  %copy-done = f32[4]{0} copy-done(%copy-start)
   ROOT %tuple = (f32[4]{0}, f32[]) tuple(%fusion, %copy.1)
 }
 """
@@ -91,10 +94,12 @@ ENTRY %main.1 (p0: f32[4], p1: f32[4]) -> (f32[4], f32[]) {
 
 def test_hbm_and_op_counting_on_handwritten_hlo():
   # fusion: reads 2 x 16 bytes, writes 16; copy.1: 4 + 4; the S(1) copy
-  # writes on-chip memory (not counted) and reads 16.
-  assert accelerator_step.hbm_bytes(HLO) == 48 + 8 + 16
+  # writes on-chip memory (not counted) and reads 16; the async slice reads
+  # its 4 bytes (not the whole source); the async copy (an eviction from
+  # on-chip memory) writes 16; its -done moves nothing more.
+  assert accelerator_step.hbm_bytes(HLO) == 48 + 8 + 16 + 4 + 16
   assert accelerator_step.op_counts(HLO) == {
-      'fusions': 1, 'copies': 2, 'scalar_copies': 1}
+      'fusions': 1, 'copies': 2, 'scalar_copies': 1, 'async_moves': 2}
   thunks = ('001: kCustomKernel [source] fusion grid\n'
             '002: kCopy [source] copy\n003: kCommandBuffer [x]\n')
   assert accelerator_step.launches(thunks) == {
