@@ -13,7 +13,9 @@ compiles the donated ``update + apply_updates`` step and reports
   leaving out arrays in an on-chip memory space (layout ``S(n)``); an async
   copy or slice (TPU's prefetches into and evictions from on-chip memory)
   counts its destination's bytes once per end in device memory;
-* **fusions** and **copies** (scalar copies apart) in the optimised HLO;
+* **fusions**, **copies**, **scalar copies** and **async moves** (TPU's
+  prefetches and evictions between device and on-chip memory) in the
+  optimised HLO;
 * **launches** on H100: the thunks in XLA's thunk sequence (kernels, copies).
 
 Trees: BERT-base shaped, one leaf per tensor (199 leaves), and stacked (the 12
@@ -96,9 +98,13 @@ def _entry_ops(hlo: str) -> list[tuple[str, str, str, list[str]]]:
 
 def _async_move_bytes(result: str, n_operands: int) -> int:
   """Device-memory bytes of an async copy or slice (TPU memory-space
-  prefetches and evictions): its result is ``(operands..., destination,
-  context)``; the destination's bytes are read from device memory if the
-  source is there, and written to it if the destination is."""
+  prefetches and evictions).
+
+  Its result holds both ends and a context: ``(destination, source,
+  context)`` for a copy, ``((source,), slice, context)`` for a slice. The
+  moved bytes (the slice's, or the copy's) count once per end that is in
+  device memory rather than on chip.
+  """
   arrays = _ARRAY.findall(result)
   dtype, dims, layout = arrays[n_operands]
   moved = _BYTES.get(dtype, 0) * int(np.prod(
@@ -127,14 +133,19 @@ def hbm_bytes(hlo: str) -> int:
 
 
 def op_counts(hlo: str) -> dict[str, int]:
-  """Fusions, copies and scalar copies among the ENTRY ops."""
+  """Fusions, copies (synchronous), scalar copies (of either kind) and async
+  copies or slices (on TPU: prefetches into and evictions from on-chip
+  memory, which overlap compute) among the ENTRY ops."""
   ops = _entry_ops(hlo)
   copies = [r for _, r, op, _ in ops if op in ('copy', 'copy-start')]
   scalar = [r for r in copies if re.fullmatch(r'\(?[a-z0-9]+\[\](\{[^}]*\})?'
                                              r'(, [a-z0-9]+\[\][^,]*)*\)?',
                                              r.strip())]
   return {'fusions': sum(op == 'fusion' for _, _, op, _ in ops),
-          'copies': len(copies), 'scalar_copies': len(scalar)}
+          'copies': sum(op == 'copy' for _, _, op, _ in ops),
+          'scalar_copies': len(scalar),
+          'async_moves': sum(op in ('copy-start', 'slice-start')
+                             for _, _, op, _ in ops)}
 
 
 def launches(thunk_text: str) -> dict[str, int]:
@@ -342,13 +353,14 @@ def print_table(result: dict) -> None:
         f"optax {result['optax']}, optax_lambc {result['optax_lambc']}, "
         f"{result['date']}. BERT-base float32, donated update + "
         'apply_updates.')
-  print(f"{'target/tree':24}{'optimizer':17}{'HBM passes':>11}"
-        f"{'launches':>10}{'fusions':>9}{'copies':>8}{'scalar copies':>15}")
+  print(f"{'target/tree':28}{'optimizer':17}{'HBM passes':>11}"
+        f"{'launches':>10}{'fusions':>9}{'copies':>8}{'scalar copies':>15}"
+        f"{'async moves':>13}")
   for key, rows in result['rows'].items():
     for name, r in rows.items():
-      print(f"{key:24}{name:17}{r['hbm_passes']:>11.2f}"
+      print(f"{key:28}{name:17}{r['hbm_passes']:>11.2f}"
             f"{r.get('launches', '-'):>10}{r['fusions']:>9}{r['copies']:>8}"
-            f"{r['scalar_copies']:>15}")
+            f"{r['scalar_copies']:>15}{r.get('async_moves', 0):>13}")
 
 
 if __name__ == '__main__':
