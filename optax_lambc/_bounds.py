@@ -84,8 +84,9 @@ def _is_value(x: Any) -> bool:
 
 def _is_scalar(spec: Any) -> bool:
   """True for a number or a scalar array: one value for every layer."""
-  return not (spec is None or _is_value(spec)) and jnp.ndim(spec) == 0 and (
-      jax.tree_util.treedef_is_leaf(jax.tree.structure(spec)))
+  return not (spec is None or _is_value(spec)) and (
+      jax.tree_util.treedef_is_leaf(jax.tree.structure(spec))) and (
+          jnp.ndim(spec) == 0)
 
 
 def _concrete(x: Any) -> np.ndarray | None:
