@@ -302,7 +302,7 @@ def lm_rows(target: Target, model: str) -> dict[str, dict]:
     state = train_lib.TrainState(exp.state.step, exp.state.params,
                                  exp.state.batch_stats,
                                  jax.eval_shape(tx.init, exp.state.params))
-    fn = train_lib.make_train_step(exp.apply, tx, lambda _: 1e-3,
+    fn = train_lib.make_train_step(exp.task, exp.apply, tx, lambda _: 1e-3,
                                    telemetry=telemetry)
     rows[name] = compile_and_count(fn, (put(state), put(batch)), (0,),
                                    target, param_bytes)

@@ -57,7 +57,7 @@ def bench(model: str, batch: int, seq_len: int, runs: int,
       state = train_lib.TrainState(exp.state.step, exp.state.params,
                                    exp.state.batch_stats,
                                    tx.init(exp.state.params))
-      fn = train_lib.make_train_step(exp.apply, tx, lambda _: 1e-3,
+      fn = train_lib.make_train_step(exp.task, exp.apply, tx, lambda _: 1e-3,
                                      telemetry=telemetry)
       t0 = time.perf_counter()
       steps[label] = jax.jit(fn, donate_argnums=0).lower(

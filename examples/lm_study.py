@@ -170,7 +170,8 @@ def _telemetry(rows: list[dict]) -> list[dict]:
 def execute(base: Config, plan: Plan, run: Run, workdir: str) -> dict:
   """Trains one run; its ledger record (a divergence is a result too)."""
   from examples.lib import plots  # pylint: disable=g-import-not-at-top
-  from examples.lib.train import NonFiniteError, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from examples.lib.metrics import NonFiniteError  # pylint: disable=g-import-not-at-top
+  from examples.lib.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = run_config(base, plan, run)
   rundir = os.path.join(workdir, run.dirname)
   if os.path.exists(os.path.join(rundir, 'metrics.jsonl')):

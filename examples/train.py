@@ -56,13 +56,14 @@ def main(argv=None) -> None:
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(2) from None
   maybe_initialize_distributed()
+  from examples.lib import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from examples.lib import train as train_lib  # pylint: disable=g-import-not-at-top
   try:
     result = train_lib.train_and_evaluate(config, workdir)
   except train_lib.Interrupted as e:
     print(e, file=sys.stderr)
     raise SystemExit(130) from None
-  except train_lib.NonFiniteError as e:
+  except metrics_lib.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(1) from None
   except (ValueError, FileNotFoundError) as e:  # bad config, caught by build

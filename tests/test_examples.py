@@ -189,3 +189,41 @@ def test_config_tables_match_what_the_examples_build():
     assert transformer.SIZES[name.removeprefix('transformer_')].max_len == (
         max_len)
   assert set(config_lib.PARALLEL_MODES) == set(parallel_lib.MODES)
+
+
+def _read_events(logdir) -> list:
+  """Every event in a directory's TensorBoard files (TFRecord framing:
+  length, its CRC, the serialised ``Event``, its CRC)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[pos + 12:pos + 12 + length])
+      events.append(event)
+      pos += 12 + length + 4
+  return events
+
+
+def test_tensorboard_summaries_beside_the_jsonl(tmp_path):
+  config = digits().replace(num_train_steps=4, log_every_steps=2,
+                            eval_every_steps=4, progress=False,
+                            global_batch_size=64)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  scalars = {}
+  for e in _read_events(tmp_path / 'tensorboard'):
+    for v in e.summary.value:
+      scalars.setdefault(v.tag, {})[e.step] = v.simple_value
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train = [r for r in rows if r['split'] == 'train']
+  # The same numbers as metrics.jsonl, per split, telemetry included.
+  assert scalars['train/loss'] == pytest.approx(
+      {r['step']: r['loss'] for r in train})
+  assert set(scalars['eval/accuracy']) == {4}
+  key = 'trust_ratio/applied/conv1/kernel'
+  assert scalars[f'train/{key}'][4] == pytest.approx(train[-1][key])

@@ -10,6 +10,7 @@ and ``metrics.jsonl`` must hold each ``(split, step)`` row exactly once.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import time
 import jax
 import numpy as np
 
-from examples.lib import train as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
@@ -35,9 +35,13 @@ def _env(**extra) -> dict:
   return env
 
 
-def _cmd(workdir, *extra) -> list[str]:
-  return [sys.executable, '-m', 'examples.train', 'digits', '--workdir',
-          str(workdir), *ARGS, *extra]
+def _cmd(workdir, *extra, faults: bool = False) -> list[str]:
+  """The training command; ``faults``: through the test-only fault injector
+  (``tests/scripts/faulty_train.py``, driven by ``FAULT_*`` variables)."""
+  entry = (['tests/scripts/faulty_train.py'] if faults else
+           ['-m', 'examples.train'])
+  return [sys.executable, *entry, 'digits', '--workdir', str(workdir), *ARGS,
+          *extra]
 
 
 def _rows(workdir) -> list[dict]:
@@ -78,8 +82,9 @@ def _written_since(workdir, start_ns: int) -> bool:
   return os.path.exists(path) and os.stat(path).st_mtime_ns >= start_ns
 
 
-def _run_until_killed(workdir, kill_at_step: int) -> str:
-  """Starts the command and SIGKILLs it once it has logged ``kill_at_step``.
+def _run_until_killed(workdir, kill_at_step: int,
+                      sig: int = signal.SIGKILL) -> str:
+  """Starts the command and signals it once it has logged ``kill_at_step``.
 
   Only rows this run wrote count: until it has restored its checkpoint and
   truncated metrics.jsonl, the file still holds the previous run's rows.
@@ -92,12 +97,15 @@ def _run_until_killed(workdir, kill_at_step: int) -> str:
   while proc.poll() is None and time.time() < deadline:
     if (_written_since(workdir, start_ns) and
         _last_step(workdir) >= kill_at_step):
-      proc.send_signal(signal.SIGKILL)
+      proc.send_signal(sig)
       break
     time.sleep(0.02)
-  out = proc.communicate(timeout=60)[0]
-  assert proc.returncode in (-signal.SIGKILL, 0), out[-3000:]
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode in (-signal.SIGKILL, 130, 0), out[-3000:]
   return out
+
+
+_STOPPED = re.compile(r'stopped at step (\d+); last checkpoint at step (\d+)')
 
 
 def test_sigkill_at_random_moments_ends_bit_identical(tmp_path):
@@ -111,14 +119,26 @@ def test_sigkill_at_random_moments_ends_bit_identical(tmp_path):
   kill_steps = sorted(rng.choice(np.arange(1, STEPS), size=5, replace=False))
   outputs = []
   for i, step in enumerate(kill_steps):
-    outputs.append(_run_until_killed(work, int(step)))
+    # One preemption (SIGTERM): the step in flight is checkpointed, and the
+    # next run resumes from it (no step is lost).
+    sig = signal.SIGTERM if i == 1 else signal.SIGKILL
+    outputs.append(_run_until_killed(work, int(step), sig))
+    if sig == signal.SIGTERM:
+      m = _STOPPED.search(outputs[-1])
+      assert m and m.group(1) == m.group(2), outputs[-1][-2000:]
+      stopped = int(m.group(1))
+      resumed = subprocess.run(
+          _cmd(work, '--set', f'stop_after_steps={stopped + 1}'), cwd=ROOT,
+          capture_output=True, text=True, timeout=600, env=_env())
+      assert f'resumed from step {stopped} ' in resumed.stdout, (
+          resumed.stdout[-2000:] + resumed.stderr[-2000:])
     if i == 2:
-      # Once while the step-N checkpoint is being written: the test-only
-      # hook SIGKILLs the process right after orbax's save has started.
+      # Once while the step-N checkpoint is being written: the fault
+      # injector SIGKILLs the process right after orbax's save has started.
       n = (_last_step(work) // 4 + 1) * 4
       killed = subprocess.run(
-          _cmd(work), cwd=ROOT, capture_output=True, text=True, timeout=600,
-          env=_env(**{train_lib.KILL_DURING_SAVE_ENV: str(n)}))
+          _cmd(work, faults=True), cwd=ROOT, capture_output=True, text=True,
+          timeout=600, env=_env(FAULT_KILL_DURING_SAVE=str(n)))
       assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
       leftovers = [p for p in os.listdir(work / 'checkpoints')
                    if p.startswith(f'{n}.') or p == str(n)]
@@ -164,16 +184,17 @@ def test_sigterm_prints_how_to_resume(tmp_path):
   assert proc.returncode == 130, err[-3000:]
   lines = [line for line in err.splitlines() if line.strip()]
   assert 'Traceback' not in err, err[-3000:]
-  assert lines[-1].startswith('stopped at step ')
-  assert 'last checkpoint at step 4' in lines[-1] or (
-      'last checkpoint at step' in lines[-1])
+  # The step in flight is checkpointed (not only the last scheduled one),
+  # and the message has a line of its own.
+  m = _STOPPED.fullmatch(lines[-1].split(';  ')[0].rsplit('; rerun', 1)[0])
+  assert m and m.group(1) == m.group(2), lines[-1]
   assert lines[-1].endswith('rerun the same command to resume')
 
 
 def test_nonfinite_loss_stops_with_the_layer_names(tmp_path):
-  out = subprocess.run(_cmd(tmp_path, '--set', 'debug_nan_at_step=5'),
-                       cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(_cmd(tmp_path, faults=True), cwd=ROOT,
+                       env=_env(FAULT_NAN_AT_STEP='5'), capture_output=True,
+                       text=True, timeout=600)
   assert out.returncode == 1, out.stderr[-3000:]
   assert 'Traceback' not in out.stderr
   assert 'non-finite loss at step 6' in out.stderr
@@ -183,11 +204,10 @@ def test_nonfinite_loss_stops_with_the_layer_names(tmp_path):
 
 
 def test_skip_nonfinite_steps_counts_and_names_them(tmp_path):
-  out = subprocess.run(_cmd(tmp_path, '--set', 'debug_nan_at_step=5',
-                            '--set', 'skip_nonfinite_steps=3',
-                            '--set', 'num_train_steps=8'),
-                       cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(_cmd(tmp_path, '--set', 'skip_nonfinite_steps=3',
+                            '--set', 'num_train_steps=8', faults=True),
+                       cwd=ROOT, env=_env(FAULT_NAN_AT_STEP='5'),
+                       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   train = {r['step']: r for r in _rows(tmp_path) if r['split'] == 'train'}
   assert train[6]['skipped_steps'] == 1 and train[6]['nonfinite_steps'] == 1
@@ -236,10 +256,24 @@ def test_two_processes_survive_a_kill(tmp_path):
   assert 'another task died' in survivor or 'heartbeat' in survivor, (
       survivor[-3000:])
 
+  # A preemption that reaches only one process: both stop after the same
+  # step and checkpoint it.
+  procs = _start_two(work)
+  deadline = time.time() + 300
+  first = _last_step(work)
+  while _last_step(work) < first + 4 and time.time() < deadline:
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [130, 130], logs[0][-3000:]
+  stops = [_STOPPED.search(log) for log in logs]
+  assert stops[0] and stops[0].groups() == stops[1].groups(), logs[1][-2000:]
+  assert stops[0].group(1) == stops[0].group(2)
+
   procs = _start_two(work)
   logs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:]
-  assert 'resumed from step' in logs[0]
+  assert f'resumed from step {stops[0].group(1)} ' in logs[0]
   want, got = _final_checkpoint(full), _final_checkpoint(work)
   assert want.keys() == got.keys()
   for key in want:

@@ -5,7 +5,7 @@ from examples.lib.config import Config
 
 def get_config() -> Config:
   return Config(dataset='cifar10', train_split='train', eval_split='test',
-                image_size=32, model='resnet18_cifar', width=64,
+                model='resnet18_cifar', width=64,
                 num_classes=10, optimizer='lambc', learning_rate=1e-2,
                 schedule='cosine', warmup_epochs=0.0, weight_decay=0.0,
                 max_trust_ratio=1.0, global_batch_size=1000, num_epochs=80,

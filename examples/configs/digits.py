@@ -5,7 +5,7 @@ from examples.lib.config import Config
 
 def get_config() -> Config:
   return Config(dataset='digits', train_split='train', eval_split='test',
-                image_size=8, model='small_cnn', width=16, num_classes=10,
+                model='small_cnn', width=16, num_classes=10,
                 optimizer='lambc', learning_rate=3e-2, schedule='cosine',
                 warmup_epochs=1.0, weight_decay=1e-4, max_trust_ratio=1.0,
                 augment=False, global_batch_size=256, num_epochs=40,

@@ -18,7 +18,6 @@ class Config:
   data_dir: str | None = None  # tfds prepared data (ArrayRecord)
   mock_data: bool = False  # tfds.testing.mock_data: no files needed
   mock_num_examples: int = 256  # examples per split with mock_data
-  image_size: int = 32  # input height and width
   augment: bool = True  # random crop (pad 4) + horizontal flip
   seq_len: int = 64  # language models: bytes per sequence
   eval_examples: int = 0  # evaluate on a fixed sample of N examples (0: all)
@@ -58,7 +57,6 @@ class Config:
   stop_after_steps: int | None = None  # stop early, no extra checkpoint
   noise_scale: bool = False  # log B_simple (accum_steps > 1; jit, fsdp)
   skip_nonfinite_steps: int = 0  # >0: optax.apply_if_finite with this limit
-  debug_nan_at_step: int | None = None  # fault injection: NaN batch at step
   seed: int = 0  # model init and data order
   # Parallelism.
   parallel: str = 'jit'  # jit | pmap | shard_map | fsdp

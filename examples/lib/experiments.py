@@ -14,7 +14,8 @@ from typing import Any
 
 from examples.lib import plots
 from examples.lib.config import Config
-from examples.lib.train import NonFiniteError, train_and_evaluate
+from examples.lib.metrics import NonFiniteError
+from examples.lib.train import train_and_evaluate
 
 
 @dataclasses.dataclass(frozen=True)

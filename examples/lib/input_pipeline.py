@@ -15,15 +15,8 @@ import grain
 import jax
 import numpy as np
 
-from examples.lib import text_data
+from examples.lib import tasks, text_data
 from examples.lib.config import Config
-
-NORMALISATION = {  # per-channel mean and std of the training images (0..1)
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'imagenet_resized/64x64': ((0.481, 0.457, 0.408), (0.260, 0.253, 0.268)),
-    'digits': ((0.2087,), (0.3809,)),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class DigitsSource:
@@ -66,10 +59,7 @@ def get_source(config: Config, split: str) -> Sequence[dict]:
     return DigitsSource(split).load()
   if config.dataset == 'stdlib':
     return text_data.StdlibCorpus(split, config.seq_len)
-  source = _tfds_source(config, split)
-  if config.language_model:
-    return text_data.TextSource(source, config.seq_len)
-  return source
+  return tasks.task_for(config).wrap_rows(_tfds_source(config, split), config)
 
 
 def _tfds_source(config: Config, split: str) -> Sequence[dict]:
@@ -109,26 +99,9 @@ def _augment(example: dict, rng: np.random.Generator) -> dict:
   return {**example, 'image': image}
 
 
-def _lm_example(example: dict) -> dict:
-  tokens = np.asarray(example['tokens'], np.int32)
-  return {'inputs': tokens[:-1], 'targets': tokens[1:],
-          'weights': np.asarray(example['weights'], np.float32)}
-
-
 def preprocess(config: Config):
   """The per-example map from a source row to what the model reads."""
-  return _lm_example if config.language_model else _normalise(config.dataset)
-
-
-def _normalise(dataset: str):
-  mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[dataset])
-
-  def fn(example: dict) -> dict:
-    image = np.asarray(example['image'], np.float32) / 255.0
-    return {'image': (image - mean) / std,
-            'label': np.asarray(example['label'], np.int32)}
-
-  return fn
+  return tasks.task_for(config).preprocess(config)
 
 
 def train_dataset(config: Config, source: Sequence[dict]) -> grain.MapDataset:
@@ -139,7 +112,7 @@ def train_dataset(config: Config, source: Sequence[dict]) -> grain.MapDataset:
                      f'divisible by the {n_proc} processes')
   ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
   ds = ds[jax.process_index()::n_proc]
-  if config.augment and not config.language_model:
+  if tasks.task_for(config).augments(config):
     ds = ds.random_map(_augment, seed=config.seed + 1)
   ds = ds.map(preprocess(config))
   return ds.batch(config.global_batch_size // n_proc, drop_remainder=True)

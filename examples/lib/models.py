@@ -90,10 +90,6 @@ class SmallCNN(nnx.Module):
     return self.head(x)
 
 
-def _names(*names) -> dict:
-  return {'out_sharding': names}
-
-
 class ResidualBlock(nnx.Module):
   """Pre-norm residual MLP block: ``x + fc2(gelu(fc1(norm(x))))``.
 
@@ -102,13 +98,16 @@ class ResidualBlock(nnx.Module):
   """
 
   def __init__(self, d: int, rngs: nnx.Rngs, annotate_norm: bool = True):
-    norm_meta = dict(scale_metadata=_names(None), bias_metadata=_names(None)
+    names = transformer.partition_names
+    norm_meta = dict(scale_metadata=names(None), bias_metadata=names(None)
                      ) if annotate_norm else {}
     self.norm = nnx.LayerNorm(d, rngs=rngs, **norm_meta)
-    self.fc1 = nnx.Linear(d, 2 * d, rngs=rngs, kernel_metadata=_names(
-        None, None), bias_metadata=_names(None))
-    self.fc2 = nnx.Linear(2 * d, d, rngs=rngs, kernel_metadata=_names(
-        None, None), bias_metadata=_names(None))
+    self.fc1 = nnx.Linear(d, 2 * d, rngs=rngs,
+                          kernel_metadata=names(None, None),
+                          bias_metadata=names(None))
+    self.fc2 = nnx.Linear(2 * d, d, rngs=rngs,
+                          kernel_metadata=names(None, None),
+                          bias_metadata=names(None))
 
   def __call__(self, x):
     return x + self.fc2(jax.nn.gelu(self.fc1(self.norm(x))))

@@ -50,7 +50,7 @@ def _bounds(config: Config):
 
 
 def create_optimizer(config: Config, schedule: optax.Schedule,
-                     axis_name=None, layer_axes=None
+                     layer_axes=None
                      ) -> optax.GradientTransformation:
   """The optimizer named by ``config.optimizer``, over pure-dict params.
 
@@ -68,13 +68,11 @@ def create_optimizer(config: Config, schedule: optax.Schedule,
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay,
         min_trust_ratio=config.min_trust_ratio, max_trust_ratio=_bounds(config),
-        mask=mask, trust_ratio_mask=mask, axis_name=axis_name,
-        layer_axes=layer_axes, **eps)
+        mask=mask, trust_ratio_mask=mask, layer_axes=layer_axes, **eps)
   if name == 'lamb':  # LAMB = LAMBC without an upper bound, same masks
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay, max_trust_ratio=None,
-        mask=mask, trust_ratio_mask=mask, axis_name=axis_name,
-        layer_axes=layer_axes, **eps)
+        mask=mask, trust_ratio_mask=mask, layer_axes=layer_axes, **eps)
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask,
                        **eps)
@@ -85,6 +83,6 @@ def create_optimizer(config: Config, schedule: optax.Schedule,
     return optax_lambc.larc(schedule, momentum=config.momentum,
                             weight_decay=config.weight_decay,
                             weight_decay_mask=mask, trust_ratio_mask=mask,
-                            axis_name=axis_name, layer_axes=layer_axes)
+                            layer_axes=layer_axes)
   raise ValueError(f'unknown optimizer {name!r}; known: '
                    f'{", ".join(OPTIMIZERS)}')

@@ -88,6 +88,25 @@ class Parallel:
       return jax.tree.map(lambda x: x[0], state)
     return state
 
+  def for_eval(self) -> 'Parallel':
+    """How to feed evaluation: pmap keeps a replicated copy of the state,
+    whose single copy is evaluated with the mesh like ``jit``."""
+    return Parallel('jit', self.mesh) if self.mode == 'pmap' else self
+
+  def abstract_state(self, single_state):
+    """Shapes, dtypes and target shardings of a single-copy state (what a
+    checkpoint is restored into; pmap restores a host copy and then
+    replicates it)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            np.shape(x), x.dtype, sharding=None if self.mode == 'pmap' else
+            getattr(x, 'sharding', None)), single_state)
+
+  def place_restored(self, state):
+    """A restored single-copy state, placed for the step (pmap: replicated;
+    the other modes restored it into its shardings already)."""
+    return self.place_state(state) if self.mode == 'pmap' else state
+
   def shard_batch(self, local_batch: dict):
     """This process's part of the batch -> the global batch on the mesh."""
     if self.mode == 'pmap':
@@ -100,11 +119,11 @@ class Parallel:
         lambda x: jax.make_array_from_process_local_data(sharding, x),
         local_batch)
 
-  def compile_step(self, step_fn, state, donate: bool = True):
-    """``step(state, batch) -> (state, metrics)`` for this mode."""
-    donate_argnums = (0,) if donate else ()
+  def compile_step(self, step_fn, state):
+    """``step(state, batch) -> (state, metrics)`` for this mode; the state is
+    donated."""
     if self.mode == 'pmap':
-      return jax.pmap(step_fn, axis_name='data', donate_argnums=donate_argnums)
+      return jax.pmap(step_fn, axis_name='data', donate_argnums=(0,))
     if self.mode == 'shard_map':
       step_fn = jax.shard_map(step_fn, mesh=self.mesh,
                               in_specs=(P(), P('data')), out_specs=(P(), P()))
@@ -112,4 +131,4 @@ class Parallel:
     batch_sh = NamedSharding(self.mesh, P('data'))
     return jax.jit(step_fn, in_shardings=(state_sh, batch_sh),
                    out_shardings=(state_sh, NamedSharding(self.mesh, P())),
-                   donate_argnums=donate_argnums)
+                   donate_argnums=(0,))

@@ -153,7 +153,7 @@ def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
                   'cells' if len(rows) else '\nthe clip never bound')
     ax.set_title(heading, fontsize=9)
   if title:
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.0 + 0.4 / fig.get_size_inches()[1])
   fig.colorbar(image, ax=list(axes[0]), label=f'log10 {field} trust ratio')
   fig.savefig(out, dpi=120, bbox_inches='tight')
   plt.close(fig)
@@ -175,24 +175,41 @@ def plot_raw_vs_applied(records: list[dict], out: str, max_layers: int = 8,
                'trust ratio (dashed: raw, solid: applied)')
 
 
+def run_title(workdir: str) -> tuple[str, str]:
+  """``(title, eval split)`` of a run, from its ``config.json`` if present."""
+  name = os.path.basename(os.path.abspath(workdir))
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return name, 'eval'
+  with open(path) as f:
+    c = json.load(f)
+  bound = ('' if c['optimizer'] not in ('lambc', 'larc') else
+           f", max ratio {c['max_trust_ratio']}")
+  return (f"{name}: {c['model']} on {c['dataset']}, {c['optimizer']}{bound}"
+          f", lr {c['learning_rate']:g}, batch {c['global_batch_size']}",
+          c['eval_split'])
+
+
 def plot_run(workdir: str) -> list[str]:
   """Learning curves and trust-ratio heat-maps for one training run:
   ``accuracy.png`` for a classifier, ``bits_per_byte.png`` for a language
-  model."""
+  model; ``trust_ratio_raw.png`` marks the cells where the clip bound."""
   records = read_metrics(workdir)
   lm = any('bits_per_byte' in r for r in records)
   key = 'bits_per_byte' if lm else 'accuracy'
+  title, split = run_title(workdir)
   curves = {
-      'train (mean over each log interval)': [
+      'train split (mean over each log interval)': [
           (r['step'], r[key]) for r in records if r['split'] == 'train'],
-      'eval split': [(r['step'], r[key]) for r in records
-                     if r['split'] == 'eval'],
+      f'{split} split': [(r['step'], r[key]) for r in records
+                         if r['split'] == 'eval'],
   }
   outs = [plot_curves(curves, os.path.join(workdir, f'{key}.png'),
-                      title=os.path.basename(os.path.abspath(workdir)),
-                      ylabel=key.replace('_', ' '), higher_is_better=not lm)]
+                      title=title, ylabel=key.replace('_', ' '),
+                      higher_is_better=not lm)]
   if any(k.startswith('trust_ratio/raw/') for r in records for k in r):
     for field in ('raw', 'applied'):
-      outs.append(plot_trust_ratio_heatmap(
-          records, os.path.join(workdir, f'trust_ratio_{field}.png'), field))
+      outs.append(plot_trust_ratio_heatmaps(
+          {'': records}, os.path.join(workdir, f'trust_ratio_{field}.png'),
+          field, title=title, mark_clipped=field == 'raw'))
   return outs

@@ -45,21 +45,22 @@ SIZES = {
 }
 
 
-def _names(*names) -> dict:
-  """Partition names: the stacking ``nnx.vmap`` prepends 'layers'."""
+def partition_names(*names) -> dict:
+  """Partition names of a Param (``kernel_metadata=...``); the stacking
+  ``nnx.vmap`` prepends 'layers'."""
   return {'out_sharding': names}
 
 
 def _dense(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
   init = nnx.initializers.normal(0.02)
   return nnx.Linear(d_in, d_out, kernel_init=init, rngs=rngs,
-                    kernel_metadata=_names(None, None),
-                    bias_metadata=_names(None))
+                    kernel_metadata=partition_names(None, None),
+                    bias_metadata=partition_names(None))
 
 
 def _layer_norm(d: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(d, rngs=rngs, scale_metadata=_names(None),
-                       bias_metadata=_names(None))
+  return nnx.LayerNorm(d, rngs=rngs, scale_metadata=partition_names(None),
+                       bias_metadata=partition_names(None))
 
 
 class Block(nnx.Module):

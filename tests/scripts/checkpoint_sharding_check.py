@@ -15,6 +15,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from examples.configs import digits  # noqa: E402
+from examples.lib import checkpoints
 from examples.lib import train as train_lib  # noqa: E402
 
 assert jax.device_count() == 8, jax.devices()
@@ -28,7 +29,8 @@ work = os.path.join(root, 'resumed')
 train_lib.train_and_evaluate(config.replace(stop_after_steps=3), work)
 
 exp = train_lib.build(config)
-state, step = train_lib.restore_checkpoint(train_lib._manager(work), exp)  # pylint: disable=protected-access
+state, step = checkpoints.restore(checkpoints.manager(work), exp.parallel,
+                                  exp.state)
 assert step == 2, step
 sharded = 0
 for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(state)[0],
