@@ -344,3 +344,9 @@ def test_fresh_state_can_be_donated(build):
   params, state = step(params, state, _grads(params))
   params, state = step(params, state, _grads(params))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_a_string_bound_fails_at_build_naming_it():
+  with pytest.raises(TypeError, match="`max_trust_ratio` must be a number, "
+                     "got the string '1.0'"):
+    optax_lambc.lambc(1e-2, max_trust_ratio='1.0')
