@@ -209,12 +209,16 @@ def copy_bandwidth(tree, runs: int) -> float:
   return 2 * tree_bytes(tree) / statistics.median(times)
 
 
-def bench_tree(name: str, runs: int, warmup: int, baseline=None) -> dict:
+def bench_tree(name: str, runs: int, warmup: int, baseline=None,
+               only: list[str] | None = None) -> dict:
   params0 = make_params(TREES[name]())
   grads = jax.tree.map(lambda p: p * 0.1 + 0.01, params0)
   p_bytes = tree_bytes(params0)
   n_leaves = len(jax.tree.leaves(params0))
   opts = optimizers(layer_axes=STACKED.get(name), baseline=baseline)
+  if only:  # the references stay: every ratio needs them
+    opts = {k: v for k, v in opts.items()
+            if k in only or k in ('adamw', 'optax.lamb')}
   result = {'tree': name, 'params': sum(x.size for x in
                                         jax.tree.leaves(params0)),
             'leaves': n_leaves, 'param_bytes': p_bytes, 'modes': {}}
@@ -291,6 +295,9 @@ def main(argv=None) -> list[dict]:
   parser.add_argument('--baseline', default=None, metavar='PATH',
                       help="another release's checkout: its lambc rows run "
                            'in this process too (an A/B)')
+  parser.add_argument('--only', default=None,
+                      help='comma-separated rows to run (with adamw and '
+                           'optax.lamb), e.g. lambc,lambc@0.2.0')
   args = parser.parse_args(argv)
   baseline = load_release(args.baseline) if args.baseline else None
   if args.tiny:
@@ -301,7 +308,8 @@ def main(argv=None) -> list[dict]:
         f'{len(jax.devices())} device(s)')
   results = []
   for name in args.trees.split(','):
-    r = bench_tree(name, args.runs, args.warmup, baseline)
+    r = bench_tree(name, args.runs, args.warmup, baseline,
+                   args.only.split(',') if args.only else None)
     print_result(r)
     results.append(r)
   if args.json:

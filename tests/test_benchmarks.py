@@ -6,6 +6,7 @@ the README with the command that measures them.
 
 import json
 import math
+import os
 
 import jax
 
@@ -123,3 +124,16 @@ def test_adamw_moves_whole_passes_on_the_cpu_backend():
   # reach); XLA:CPU fuses less (10). Either way a whole number of passes.
   passes = accelerator_step.hbm_bytes(hlo) / param_bytes
   assert 7 <= passes <= 12 and abs(passes - round(passes)) < 0.01, passes
+
+
+def test_release_ab_runs_against_a_checkout(tmp_path):
+  from benchmarks import release_ab  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'ab.json'
+  # This checkout as its own baseline: two copies of the package, one process.
+  result = release_ab.main(['--baseline', root, '--trees', 'tiny', '--runs',
+                            '3', '--json', str(out)])
+  rows = result['trees']['tiny']
+  assert json.loads(out.read_text())['trees']['tiny'].keys() == rows.keys()
+  (row,) = rows.values()  # one version string: both copies are 0.3
+  assert row['median_ms'] > 0 and row['vs_baseline'] == 1.0
