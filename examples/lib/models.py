@@ -171,24 +171,21 @@ def layer_axes(model: nnx.Module):
 
 
 def split(model: nnx.Module):
-  """(graphdef, params, batch_stats, state_template) with pure-dict trees."""
+  """``(graphdef, params, batch_stats)``: the model's static structure and
+  its ``nnx.State`` of Params and of BatchNorm statistics, as flax's
+  functional API keeps them (``nnx.split``)."""
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  return (graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats),
-          (params, stats))
+  return graphdef, params, stats
 
 
-def make_apply(graphdef, template) -> Callable:
-  """``apply(params, batch_stats, x, train) -> (logits, new_batch_stats)``."""
-  params_t, stats_t = template
+def make_apply(graphdef) -> Callable:
+  """``apply(params, batch_stats, x, train) -> (logits, new_batch_stats)``:
+  ``nnx.merge`` the states into a model, call it, and split the updated
+  statistics off again."""
 
   def apply(params, batch_stats, x, train: bool):
-    p = jax.tree.map(lambda v: v, params_t)
-    s = jax.tree.map(lambda v: v, stats_t)
-    nnx.replace_by_pure_dict(p, params)
-    nnx.replace_by_pure_dict(s, batch_stats)
-    model = nnx.merge(graphdef, p, s)
+    model = nnx.merge(graphdef, params, batch_stats)
     logits = model(x, train=train)
-    _, _, new_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return logits, nnx.to_pure_dict(new_stats)
+    return logits, nnx.state(model, nnx.BatchStat)
 
   return apply

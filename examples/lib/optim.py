@@ -52,7 +52,7 @@ def _bounds(config: Config):
 def create_optimizer(config: Config, schedule: optax.Schedule,
                      layer_axes=None
                      ) -> optax.GradientTransformation:
-  """The optimizer named by ``config.optimizer``, over pure-dict params.
+  """The optimizer named by ``config.optimizer``, over the params state.
 
   ``layer_axes`` (from ``optax_lambc.layer_axes_from_flax`` for stacked
   blocks) gives LAMB, LAMBC and LARC one trust ratio per stacked layer, and

@@ -98,13 +98,13 @@ def build(config: Config) -> Experiment:
       1, math.ceil(config.num_epochs * steps_per_epoch))
   schedule = optim.learning_rate_schedule(config, steps_per_epoch,
                                           total_steps)
-  # A fixed trust-ratio mask would need params: the optimizer is created
-  # after the model, from pure-dict params.
+  # The optimizer is created after the model: masks and layer_axes are read
+  # from it, and it optimizes the model's nnx.State of Params.
   model = models.create_model(config.model, config.num_classes, config.width,
                               config.seed, bn_axis_name=parallel.axis_name)
   layer_axes = models.layer_axes(model)
-  graphdef, params, batch_stats, template = models.split(model)
-  apply = models.make_apply(graphdef, template)
+  graphdef, params, batch_stats = models.split(model)
+  apply = models.make_apply(graphdef)
   tx = optim.create_optimizer(config, schedule, layer_axes=layer_axes)
   if config.skip_nonfinite_steps:
     tx = optax.apply_if_finite(tx, config.skip_nonfinite_steps)
