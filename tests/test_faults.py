@@ -127,12 +127,10 @@ def test_sigkill_at_random_moments_ends_bit_identical(tmp_path):
       m = _STOPPED.search(outputs[-1])
       assert m and m.group(1) == m.group(2), outputs[-1][-2000:]
       stopped = int(m.group(1))
-      resumed = subprocess.run(
-          _cmd(work, '--set', f'stop_after_steps={stopped + 1}'), cwd=ROOT,
-          capture_output=True, text=True, timeout=600, env=_env())
-      assert f'resumed from step {stopped} ' in resumed.stdout, (
-          resumed.stdout[-2000:] + resumed.stderr[-2000:])
     if i == 2:
+      # The run after the SIGTERM resumed from the very step it stopped at
+      # (killed itself much later: the kill steps are 3, 5, 13, 20, 22).
+      assert f'resumed from step {stopped} ' in outputs[-1], outputs[-1][-2000:]
       # Once while the step-N checkpoint is being written: the fault
       # injector SIGKILLs the process right after orbax's save has started.
       n = (_last_step(work) // 4 + 1) * 4
