@@ -12,7 +12,6 @@ with the ratio to the other release. Lighter than ``step_time --baseline``
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import optax_lambc
-from benchmarks import step_time
+from benchmarks import accelerator_step, step_time
 
 
 def ab(tree: str, baseline, runs: int) -> dict:
@@ -67,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   baseline = step_time.load_release(args.baseline)
-  result = {'machine': step_time_machine(), 'date': time.strftime('%Y-%m-%d'),
-            'jax': jax.__version__, 'runs': args.runs, 'trees': {}}
+  result = {'machine': accelerator_step.machine(),
+            'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__,
+            'runs': args.runs, 'trees': {}}
   for tree in args.trees.split(','):
     rows = ab(tree, baseline, args.runs)
     result['trees'][tree] = rows
@@ -80,17 +80,6 @@ def main(argv: list[str] | None = None) -> dict:
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=1)
   return result
-
-
-def step_time_machine() -> str:
-  cpu = 'unknown CPU'
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{cpu}, {os.cpu_count()} cores'
 
 
 if __name__ == '__main__':

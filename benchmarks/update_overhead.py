@@ -18,7 +18,6 @@ optax.lamb reference, so the ratios compare across runs:
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_lambc
+from benchmarks import accelerator_step
 from benchmarks.step_time import bert_base_shapes
 
 
@@ -56,17 +56,6 @@ def time_updates(opt: optax.GradientTransformation, params, rounds: int,
   return out
 
 
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{cpu}, {os.cpu_count()} cores'
-
-
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cap', type=int, default=8)
@@ -86,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
       'optax_lambc': optax_lambc.__version__,
       'optax_lambc_path': os.path.dirname(optax_lambc.__file__),
       'jax': jax.__version__, 'optax': optax.__version__,
-      'machine': machine(), 'date': time.strftime('%Y-%m-%d'),
+      'machine': accelerator_step.machine(), 'date': time.strftime('%Y-%m-%d'),
       'leaves': len(jax.tree.leaves(params)), 'cap': args.cap,
       'median_ms': med, 'range_ms': {n: (min(t), max(t)) for n, t in
                                      times.items()},

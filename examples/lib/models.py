@@ -184,7 +184,7 @@ def make_apply(graphdef) -> Callable:
   statistics off again."""
 
   def apply(params, batch_stats, x, train: bool):
-    model = nnx.merge(graphdef, params, batch_stats)
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
     logits = model(x, train=train)
     return logits, nnx.state(model, nnx.BatchStat)
 
