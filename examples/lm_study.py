@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -161,6 +162,23 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+def source_commit() -> str | None:
+  """The git commit the study's code was run from (None outside a checkout;
+  ``+`` marks uncommitted changes)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root,
+                          capture_output=True, text=True, check=True,
+                          timeout=10).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--',
+                            'optax_lambc', 'examples'], cwd=root,
+                           capture_output=True, text=True,
+                           timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ('+' if dirty else '')
+
+
 def _telemetry(rows: list[dict]) -> list[dict]:
   keep = ('trust_ratio/raw/', 'trust_ratio/applied/', 'trust_ratio/upper/')
   return [{k: v for k, v in r.items() if k == 'step' or k.startswith(keep)}
@@ -178,7 +196,7 @@ def execute(base: Config, plan: Plan, run: Run, workdir: str) -> dict:
     os.remove(os.path.join(rundir, 'metrics.jsonl'))  # a killed attempt
   record = {'key': run.key, **dataclasses.asdict(run),
             'steps': config.num_train_steps, 'cpu': cpu_model(),
-            'cores': os.cpu_count()}
+            'cores': os.cpu_count(), 'commit': source_commit()}
   t0 = time.time()
   try:
     out = train_and_evaluate(config, rundir)

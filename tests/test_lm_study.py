@@ -131,7 +131,7 @@ def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):
   assert {r['stage'] for r in records} == {'noise', 'tune', 'final'}
   for r in records:
     assert r['steps'] == 4 and math.isfinite(r['test_bpb']), r['key']
-  assert records[0]['noise'] and records[0]['cpu']
+  assert records[0]['noise'] and records[0]['cpu'] and records[0]['commit']
   result = json.loads((tmp_path / 'results.json').read_text())
   assert result['primary'][2] == 2  # two paired seeds
   # Resuming trains nothing: every run is in the ledger.
