@@ -105,11 +105,13 @@ def preprocess(config: Config):
 
 
 def train_dataset(config: Config, source: Sequence[dict]) -> grain.MapDataset:
-  """Batches of this process's share of the global batch; ``ds[step]``."""
+  """Batches of this process's share of the global batch; ``ds[step]``.
+
+  The global batch divides evenly over the processes: ``Parallel.create``
+  has checked that it divides over the devices, which the processes share
+  equally.
+  """
   n_proc = jax.process_count()
-  if config.global_batch_size % n_proc:
-    raise ValueError(f'global_batch_size {config.global_batch_size} is not '
-                     f'divisible by the {n_proc} processes')
   ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat()
   ds = ds[jax.process_index()::n_proc]
   if tasks.task_for(config).augments(config):
