@@ -31,7 +31,7 @@ def scale_by_larc_trust_ratio(
   r"""Adds weight decay, then scales each layer by LARC's local rate.
 
   Per adapted layer (a leaf, or a slice of a stacked leaf, see
-  :mod:`optax_lambc.layers`) with weight :math:`w` and gradient :math:`g`:
+  ``layer_axes``) with weight :math:`w` and gradient :math:`g`:
 
   .. math::
     \ell = \frac{c\,\lVert w\rVert}{\lVert g\rVert + \lambda\lVert w\rVert
@@ -185,7 +185,8 @@ def larc(
     momentum: Momentum decay in [0, 1).
     nesterov: Nesterov momentum.
     clip: Clip the local rate at the global one (True: LARC; False: LARS).
-    layer_axes: Axes of stacked layers (see :mod:`optax_lambc.layers`).
+    layer_axes: Axes of stacked layers, as in
+      :func:`optax_lambc.scale_by_clipped_trust_ratio`.
     axis_name: Mapped axis name(s) for manually sharded params.
 
   Returns:
