@@ -38,6 +38,9 @@ def _array(x: Any) -> Any:
   return get() if callable(get) else x
 
 
+_FIELDS = ('raw', 'applied', 'lower', 'upper')
+
+
 class TrustRatioStats(NamedTuple):
   """The trust ratios of the last update, one column per layer.
 
@@ -86,17 +89,35 @@ class TrustRatioStats(NamedTuple):
     n = max(self.values.shape[1], 1)
     return jnp.sum(self.applied < self.raw) / n
 
-  def by_path(self, field: str = 'applied') -> dict[str, jax.Array]:
+  def by_path(self, field: str = 'applied'
+              ) -> dict[str, np.ndarray | jax.Array]:
     """One field by parameter path, each of its leaf's layer-axes shape.
 
-    Works inside ``jit`` too (one slice per leaf there); on the host, call it
-    on stats a step returned.
+    On the host the vector is fetched once and split as NumPy arrays (no
+    per-leaf device dispatch); inside ``jit`` (or on arrays that are not fully
+    addressable) it is split into slices of the device vector.
+
+    Args:
+      field: ``'raw'``, ``'applied'``, ``'lower'`` or ``'upper'``.
+
+    Returns:
+      ``{path: array}``, each of its leaf's layer-axes shape (``()`` for a
+      leaf that is one layer).
+
+    Raises:
+      ValueError: If ``field`` is not one of the four fields.
     """
-    values = getattr(self, field)
+    if field not in _FIELDS:
+      raise ValueError(f'field must be one of {_FIELDS}, got {field!r}.')
+    values = self.values
+    if (not isinstance(values, jax.core.Tracer)
+        and getattr(values, 'is_fully_addressable', True)):
+      values = np.asarray(values)
+    row = values[_FIELDS.index(field)]
     out, offset = {}, 0
     for path, shape in zip(self.names.paths, self.names.shapes, strict=True):
       size = int(np.prod(shape))
-      out[path] = values[offset:offset + size].reshape(shape)
+      out[path] = row[offset:offset + size].reshape(shape)
       offset += size
     return out
 
@@ -115,8 +136,7 @@ class TrustRatioStats(NamedTuple):
     out = {f'{prefix}/clipped_lower_fraction': float(np.sum(applied > raw) / n),
            f'{prefix}/clipped_upper_fraction': float(np.sum(applied < raw) / n)}
     keys = self.names.keys()
-    for field, row in zip(('raw', 'applied', 'lower', 'upper'), values,
-                          strict=True):
+    for field, row in zip(_FIELDS, values, strict=True):
       for key, value in zip(keys, row.tolist(), strict=True):
         out[f'{prefix}/{field}/{key}'] = value
     return out

@@ -226,6 +226,23 @@ def test_stats_found_inside_every_wrapper():
     assert 0.0 <= float(metrics['trust_ratio/clipped_upper_fraction']) <= 1.0
 
 
+def test_by_path_host_numpy_and_traced_slices_agree():
+  params = {'w': jnp.arange(1.0, 13.0).reshape(3, 4), 'b': jnp.ones(2)}
+  opt = optax_lambc.lambc(1e-2, layer_axes={'w': 0, 'b': None})
+  _, state = opt.update(params, opt.init(params), params)
+  stats = optax_lambc.trust_ratio_stats(state)
+  host = stats.by_path('raw')
+  # On the host: NumPy arrays, fetched once, each of its layer-axes shape.
+  assert all(isinstance(v, np.ndarray) for v in host.values())
+  assert host['w'].shape == (3,) and host['b'].shape == ()
+  traced = jax.jit(lambda s: s.by_path('raw'))(stats)
+  assert all(isinstance(v, jax.Array) for v in traced.values())
+  for path in host:
+    np.testing.assert_array_equal(host[path], np.asarray(traced[path]))
+  with pytest.raises(ValueError, match="field must be one of.*'ratio'"):
+    stats.by_path('ratio')
+
+
 def test_stats_without_state_raise():
   with pytest.raises(ValueError, match='ScaleByClippedTrustRatioState'):
     optax_lambc.trust_ratio_stats(optax.adam(1e-3).init({'w': jnp.ones(2)}))
