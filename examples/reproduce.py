@@ -18,8 +18,10 @@ Experiments (the paper: Fong, Chen & Chen 2020, Sec. 4):
   (``dynamic_bounds``, ``running_stat_bounds``) and larger batches (4000,
   8000); run it with several seeds.
 * ``lm_batch``: what the paper left for future work, on language modelling:
-  AdamW, LAMB, LAMBC and LAMBC with running-stat bounds on a byte-level
-  transformer at batch 16 / 64 / 256, a fixed token budget, offline data (see
+  LAMB against LAMBC max 1 (AdamW as reference) on a byte-level scanned
+  transformer, at batches placed from the measured gradient noise scale, the
+  learning rate tuned for every (optimizer, batch), 5 paired seeds, a fixed
+  byte budget, offline data (the plan: ``docs/lm/PLAN.md``; the code:
   ``examples.lm_study``).
 
 Each run resumes from its checkpoint; finished runs are skipped. The results
