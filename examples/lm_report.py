@@ -87,6 +87,14 @@ def bytes_to_target(record: dict, target: float, seq_len: int) -> float:
   return math.inf
 
 
+def above_one(record: dict) -> float:
+  """Share of the logged (step, layer) raw trust ratios above 1 in a run's
+  telemetry: where a bound of 1 binds (LAMBC) or would bind (LAMB)."""
+  raw = [v for row in record.get('telemetry', ()) for k, v in row.items()
+         if k.startswith('trust_ratio/raw/') and math.isfinite(v)]
+  return sum(v > 1 for v in raw) / len(raw) if raw else math.nan
+
+
 def _machine(study: Study) -> str:
   cpus = sorted({f"{r['cpu']} ({r['cores']} cores)" for r in
                  [study.noise_run, *study.tuning, *study.finals]})
@@ -253,6 +261,31 @@ def write(root: str, study: Study) -> list[str]:
               if r['optimizer'] == opt and r['batch'] == batch]
       cells.append(f'{statistics.median(vals):.2f}' if vals else '–')
     lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
+  clip_opts = [o for o in ('LAMB', 'LAMBC max 1') if o in plan.optimizers]
+  shares = {}
+  lines += ['', '## Where a bound of 1 binds', '',
+            'Share of the logged (step, layer) raw trust ratios above 1, '
+            f'seed {plan.final_seeds[0]}: for LAMBC the layer-steps the clip '
+            'cut, for LAMB those it would have cut. A small share means the '
+            'two optimizers take nearly the same steps.', '',
+            '| batch | ' + ' | '.join(clip_opts) + ' |',
+            '|---|' + '---|' * len(clip_opts)]
+  for batch in study.batches:
+    cells = []
+    for opt in clip_opts:
+      rec = next((r for r in study.finals if r['optimizer'] == opt and
+                  r['batch'] == batch and r.get('telemetry')), None)
+      share = above_one(rec) if rec else math.nan
+      shares[f'{opt} @ {batch}'] = share
+      cells.append(f'{share:.1%}' if math.isfinite(share) else '–')
+    lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
+  lines += ['', '## Machine spread', '',
+            'Absolute bits/byte move between machines: rerunning 0.2\'s cells '
+            'on another x86-64 machine with the same packages and corpus '
+            'moved test bits/byte by up to 0.073. The paired differences '
+            'above compare runs made on the same machine(s) listed at the '
+            'top; compare absolute values across machines only with that '
+            'spread in mind.']
   lines += ['', '## Verdict (generated from the primary interval)', '',
             verdict(primary, largest), '']
   paths = [os.path.join(root, 'results.md'),
@@ -264,6 +297,7 @@ def write(root: str, study: Study) -> list[str]:
                'tuned_lr': {f'{o} @ {bb}': lr for (o, bb), lr in
                             study.tuned.items()},
                'test_bpb': summary, 'primary': primary,
+               'raw_ratio_above_one': shares,
                'target_bpb': target, 'machine': _machine(study),
                'versions': _versions()}, f, indent=1)
   return paths + _figures(root, study, seq_len)

@@ -110,6 +110,16 @@ def test_paired_interval_and_verdict():
   assert 'no verdict' in lm_report.verdict((0.1, math.nan, 1), 8)
 
 
+def test_share_of_raw_ratios_above_one():
+  record = {'telemetry': [
+      {'step': 1, 'trust_ratio/raw/a': 0.5, 'trust_ratio/raw/b': 3.0,
+       'trust_ratio/applied/b': 1.0},
+      {'step': 2, 'trust_ratio/raw/a': 1.5, 'trust_ratio/raw/b': math.nan}]}
+  # Three finite raw ratios, two above 1; applied values are not counted.
+  assert lm_report.above_one(record) == pytest.approx(2 / 3)
+  assert math.isnan(lm_report.above_one({}))
+
+
 def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):
   from examples import reproduce  # pylint: disable=g-import-not-at-top
   argv = ['--experiment', 'lm_batch', '--tiny', '--workdir', str(tmp_path)]
@@ -117,7 +127,7 @@ def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):
   text = open(paths[0]).read()
   for part in ('| LAMB | 8 |', '| LAMBC max 1 | 8 |', '**(primary)**',
                'python-stdlib', 'AMD' if 'AMD' in text else 'cores',
-               '## Verdict', 'validation'):
+               '## Verdict', '## Where a bound of 1 binds', 'validation'):
     assert part in text, part
   names = {p.rsplit('/', 1)[-1] for p in paths}
   assert names >= {'noise_scale.png', 'validation_batch_8.png',
@@ -134,6 +144,7 @@ def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):
   assert records[0]['noise'] and records[0]['cpu'] and records[0]['commit']
   result = json.loads((tmp_path / 'results.json').read_text())
   assert result['primary'][2] == 2  # two paired seeds
+  assert 0 <= result['raw_ratio_above_one']['LAMB @ 8'] <= 1
   # Resuming trains nothing: every run is in the ledger.
   reproduce.main(argv)
   assert (tmp_path / 'runs.jsonl').read_text().splitlines() == ledger
