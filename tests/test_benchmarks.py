@@ -90,7 +90,7 @@ ENTRY %main.1 (p0: f32[4], p1: f32[4]) -> (f32[4], f32[]) {
   %copy-done = f32[4]{0} copy-done(%copy-start)
   ROOT %tuple = (f32[4]{0}, f32[]) tuple(%fusion, %copy.1)
 }
-"""
+"""  # noqa: E501  (HLO instructions are one line each)
 
 
 def test_hbm_and_op_counting_on_handwritten_hlo():

@@ -90,7 +90,8 @@ def test_nnx_step_equals_unrolled_step():
   assert raw.shape == (L,)
   stats_u = optax_lambc.trust_ratio_stats(state_u)
   np.testing.assert_allclose(
-      raw, [float(stats_u.by_path('raw')[f'block{i}/fc1/kernel']) for i in range(L)],
+      raw, [float(stats_u.by_path('raw')[f'block{i}/fc1/kernel'])
+            for i in range(L)],
       rtol=1e-5)
   assert raw[0] > 1.0 > raw[2]
 

@@ -205,7 +205,8 @@ def test_negative_schedule_bound_never_flips_the_update():
     params = new
   stats = optax_lambc.trust_ratio_stats(state)
   assert float(stats.by_path('applied')['w']) == 0.0
-  assert float(stats.by_path('upper')['w']) == 0.0 and float(stats.by_path('lower')['w']) == 0.0
+  assert float(stats.by_path('upper')['w']) == 0.0
+  assert float(stats.by_path('lower')['w']) == 0.0
 
 
 def test_bounds_recorded_at_init():
@@ -220,7 +221,8 @@ def test_bounds_recorded_at_init():
   policy = optax_lambc.dynamic_bounds(1.0, gamma=0.5)
   opt = optax_lambc.lambc(1e-2, max_trust_ratio=policy)
   stats = optax_lambc.trust_ratio_stats(opt.init(params))
-  assert float(stats.by_path('upper')['w']) == pytest.approx(3.0)  # 1 + 1/(0.5*1)
+  # 1 + 1/(0.5*1):
+  assert float(stats.by_path('upper')['w']) == pytest.approx(3.0)
 
 
 def test_larc_weight_decay_schedule_matches_reference():

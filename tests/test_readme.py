@@ -6,10 +6,10 @@ directory with a step limit appended (``--set num_train_steps=2`` for
 training, ``--fast`` for the demo), and must succeed. Commands that need a
 prepared tfds dataset (``data_dir=...``) cannot download one on an offline
 machine: they must stop at once with the clear "not prepared" error (exit 2),
-before any compute. Templated lines (with ``|`` or ``[...]``) are skipped. A benchmark command
-runs as written when it has ``--tiny``; the others need hardware, the
-``.[aot]`` extra or many minutes, so their ``--help`` runs (the CLI exists
-and parses).
+before any compute. Templated lines (with ``|`` or ``[...]``) are skipped.
+A benchmark command runs as written when it has ``--tiny``; the others need
+hardware, the ``.[aot]`` extra or many minutes, so their ``--help`` runs (the
+CLI exists and parses).
 """
 
 import glob

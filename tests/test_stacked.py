@@ -248,7 +248,8 @@ def test_stacked_matches_numpy_reference(bounds):
     del step
     stats = optax_lambc.trust_ratio_stats(state)
     raw = np.concatenate([np.ravel(v) for v in stats.by_path('raw').values()])
-    applied = np.concatenate([np.ravel(v) for v in stats.by_path('applied').values()])
+    applied = np.concatenate(
+        [np.ravel(v) for v in stats.by_path('applied').values()])
     np.testing.assert_allclose(raw, reference.raw, rtol=1e-4)
     np.testing.assert_allclose(applied, reference.applied, rtol=1e-4)
     seen.append(float(stats.clipped_upper_fraction))
@@ -286,7 +287,8 @@ def test_negative_layer_axes_equal_positive():
   for axes in [(0,), (-3,), 0, -3]:
     t = optax_lambc.scale_by_clipped_trust_ratio(layer_axes={'w': axes})
     u, s = t.update(grads, t.init(params), params)
-    results.append((np.asarray(u['w']), np.asarray(optax_lambc.trust_ratio_stats(s).by_path('raw')['w'])))
+    raw = optax_lambc.trust_ratio_stats(s).by_path('raw')['w']
+    results.append((np.asarray(u['w']), np.asarray(raw)))
   for u, r in results[1:]:
     np.testing.assert_array_equal(u, results[0][0])
     np.testing.assert_array_equal(r, results[0][1])
@@ -302,7 +304,8 @@ def test_layer_axes_callable_and_inner_axis():
   _, s = t.update(grads, t.init(params), params)
   w = np.arange(24.0).reshape(4, 3, 2)
   want = np.linalg.norm(w, axis=(0, 2)) / np.sqrt(8)
-  np.testing.assert_allclose(np.asarray(optax_lambc.trust_ratio_stats(s).by_path('raw')['w']), want, rtol=1e-6)
+  raw = optax_lambc.trust_ratio_stats(s).by_path('raw')['w']
+  np.testing.assert_allclose(raw, want, rtol=1e-6)
 
 
 def test_stacked_bias_is_still_a_bias():

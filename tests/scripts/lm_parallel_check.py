@@ -28,7 +28,8 @@ config = lm().replace(seq_len=16, global_batch_size=32, num_train_steps=2,
 # The single-device reference: the same pure step, no mesh, one batch of 32.
 ref_exp = train_lib.build(config)
 state0 = jax.device_get(ref_exp.state)
-ref_step = jax.jit(train_lib.make_train_step(ref_exp.task, ref_exp.apply, ref_exp.tx,
+ref_step = jax.jit(train_lib.make_train_step(
+    ref_exp.task, ref_exp.apply, ref_exp.tx,
                                              ref_exp.schedule))
 batches = [jax.device_get(ref_exp.train_ds[i]) for i in range(2)]
 ref_state = state0

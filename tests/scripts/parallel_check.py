@@ -31,7 +31,8 @@ config = cifar10().replace(
 # The single-device reference: the same pure step, no mesh, no collectives.
 ref_exp = train_lib.build(config.replace(parallel='jit'))
 state0 = jax.device_get(ref_exp.state)
-ref_step = jax.jit(train_lib.make_train_step(ref_exp.task, ref_exp.apply, ref_exp.tx,
+ref_step = jax.jit(train_lib.make_train_step(
+    ref_exp.task, ref_exp.apply, ref_exp.tx,
                                              ref_exp.schedule))
 batches = [jax.device_get(ref_exp.train_ds[i]) for i in range(2)]
 ref_state = state0
@@ -88,7 +89,8 @@ u, raw, applied = jax.jit(jax.shard_map(
     out_specs=(P('data'), P(), P())))(grads_s, params_s)
 stats_ref = optax_lambc.trust_ratio_stats(s_ref)
 close(raw, stats_ref.by_path('raw'), 'shard_map raw ratio', rtol=1e-6)
-close(applied, stats_ref.by_path('applied'), 'shard_map applied ratio', rtol=1e-6)
+close(applied, stats_ref.by_path('applied'), 'shard_map applied ratio',
+      rtol=1e-6)
 close(u, u_ref, 'shard_map updates', rtol=1e-6)
 assert float(stats_ref.by_path('applied')['w']) == 1.0  # the clip did trigger
 # Without axis_name each shard would see only its own norm: a different ratio.
@@ -96,12 +98,14 @@ assert float(stats_ref.by_path('applied')['w']) == 1.0  # the clip did trigger
 
 def local_update_unreduced(g, p):
   _, s = plain.update(g, plain.init(p), p)
-  return jax.tree.map(lambda x: x[None], optax_lambc.trust_ratio_stats(s).by_path('raw'))
+  return jax.tree.map(lambda x: x[None],
+                      optax_lambc.trust_ratio_stats(s).by_path('raw'))
 
 
 raw_bad = jax.jit(jax.shard_map(
     local_update_unreduced, mesh=mesh, in_specs=(P('data'), P('data')),
     out_specs=P('data')))(grads_s, params_s)
-assert not np.allclose(np.asarray(raw_bad['v']), float(stats_ref.by_path('raw')['v']))
+assert not np.allclose(np.asarray(raw_bad['v']),
+                       float(stats_ref.by_path('raw')['v']))
 print('shard_map: trust ratios of sharded params equal the unsharded ones')
 print('PARALLEL OK')

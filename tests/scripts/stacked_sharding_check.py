@@ -59,8 +59,10 @@ for name, spec in (('layer axis', P('data')), ('inner axis', P(None, 'data'))):
   assert got_params['blocks'].sharding.spec == spec, got_params[
       'blocks'].sharding
   close(got_params, ref_params, f'{name}: params')
-  close(got_stats.by_path('raw'), ref_stats.by_path('raw'), f'{name}: per-slice raw ratios')
-  close(got_stats.by_path('applied'), ref_stats.by_path('applied'), f'{name}: applied ratios')
+  close(got_stats.by_path('raw'), ref_stats.by_path('raw'),
+        f'{name}: per-slice raw ratios')
+  close(got_stats.by_path('applied'), ref_stats.by_path('applied'),
+        f'{name}: applied ratios')
   print(f'jit, {name} sharded: 3 steps equal one device')
 
 # shard_map: the inner axis sharded by hand; axis_name sums the per-slice
