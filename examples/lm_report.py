@@ -14,9 +14,7 @@ import sys
 import time
 from importlib import metadata
 
-from scipy import stats as scipy_stats
-
-from examples.lib import plots
+from examples.lib import plots, stats
 from examples.lib.config import Config
 
 PACKAGES = ('jax', 'jaxlib', 'optax', 'flax', 'numpy', 'grain')
@@ -36,27 +34,15 @@ class Study:
   ledger: str
 
 
-def interval(values: list[float]) -> tuple[float, float, int]:
-  """``(mean, half-width of the 95 % t interval, n)`` of the finite values
-  (half-width NaN for fewer than 2)."""
-  ok = [v for v in values if math.isfinite(v)]
-  if not ok:
-    return math.nan, math.nan, 0
-  if len(ok) < 2:
-    return ok[0], math.nan, 1
-  half = scipy_stats.t.ppf(0.975, len(ok) - 1) * statistics.stdev(ok) / \
-      math.sqrt(len(ok))
-  return statistics.mean(ok), half, len(ok)
+interval = stats.t_interval
 
 
 def paired(finals: list[dict], a: str, b: str, batch: int
            ) -> tuple[float, float, int]:
   """The 95 % interval of ``a - b`` in test bits/byte, paired by seed."""
-  by = {(r['optimizer'], r['seed']): r['test_bpb'] for r in finals
-        if r['batch'] == batch}
-  seeds = sorted({s for (o, s) in by if o == a} & {s for (o, s) in by
-                                                   if o == b})
-  return interval([by[a, s] - by[b, s] for s in seeds])
+  by = {o: {r['seed']: r['test_bpb'] for r in finals
+            if r['batch'] == batch and r['optimizer'] == o} for o in (a, b)}
+  return stats.paired_interval(by[a], by[b])
 
 
 def _fmt(mean: float, half: float, n: int, digits: int = 3) -> str:

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -39,6 +38,7 @@ from collections.abc import Callable
 
 from examples.configs import lm
 from examples.lib import config as config_lib
+from examples.lib import stats
 from examples.lib.config import Config
 
 TOKENS = 3 * 2 ** 19  # 1,572,864 training bytes per run (twice 0.2's)
@@ -151,17 +151,6 @@ class Ledger:
       f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def source_commit() -> str | None:
   """The git commit the study's code was run from (None outside a checkout;
   ``+`` marks uncommitted changes)."""
@@ -195,7 +184,7 @@ def execute(base: Config, plan: Plan, run: Run, workdir: str) -> dict:
   if os.path.exists(os.path.join(rundir, 'metrics.jsonl')):
     os.remove(os.path.join(rundir, 'metrics.jsonl'))  # a killed attempt
   record = {'key': run.key, **dataclasses.asdict(run),
-            'steps': config.num_train_steps, 'cpu': cpu_model(),
+            'steps': config.num_train_steps, 'cpu': stats.cpu_model(),
             'cores': os.cpu_count(), 'commit': source_commit()}
   t0 = time.time()
   try:

@@ -96,7 +96,9 @@ def test_demo_fast_mode_writes_table_and_plots(tmp_path):
   report = demo.main(['--fast', '--workdir', str(tmp_path)])
   text = open(report).read()
   assert '| batch 512 |' in text and 'LAMBC max 1' in text
-  assert 'LAMB (no bound)' in text
+  assert 'LAMB (no bound)' in text and 'cores' in text
+  # One seed: the paired difference has no interval.
+  assert '| LAMBC max 1 − LAMB (no bound) |' in text and '– (n=1)' in text
   for name in ('accuracy_batch_512.png', 'trust_ratios.png'):
     assert (tmp_path / name).stat().st_size > 1000
   # Finished runs are skipped on a second call (resumable grids).
@@ -105,6 +107,24 @@ def test_demo_fast_mode_writes_table_and_plots(tmp_path):
   demo.main(['--fast', '--workdir', str(tmp_path)])
   assert (tmp_path / 'batch_512__LAMB__no_bound_' / 'seed_0' /
           'result.json').stat().st_mtime == mtime
+
+
+def test_paired_table_gives_t_intervals_and_names_ties():
+  from examples.lib import experiments  # pylint: disable=g-import-not-at-top
+  grid = [experiments.Setting('batch 8', c, {}) for c in ('A', 'B', 'base')]
+  acc = {'A': [0.90, 0.92, 0.94], 'B': [0.80, 0.83, 0.81],
+         'base': [0.80, 0.81, 0.82]}
+  results = [{'row': 'batch 8', 'col': c, 'seed': s, 'accuracy': v}
+             for c, vals in acc.items() for s, v in enumerate(vals)]
+  table = experiments.paired_table(results, grid, 'base')
+  # A - base: +10, +11, +12 points: sd 1, t(0.975, 2) = 4.303.
+  half = 4.302653 / 3 ** 0.5
+  assert f'| batch 8 | +11.00 ± {half:.2f} (n=3) |' in table
+  assert table.splitlines()[0] == '| | A − base | B − base |'
+  # B - base: 0, +2, -1: the interval contains 0.
+  assert table.endswith('(n=3) tie |')
+  results[0]['accuracy'] = float('nan')  # a diverged seed is left out
+  assert '(n=2)' in experiments.paired_table(results, grid, 'base')
 
 
 def test_reproduce_harness_on_mock_data(tmp_path):

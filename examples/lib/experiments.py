@@ -12,7 +12,7 @@ import os
 import statistics
 from typing import Any
 
-from examples.lib import plots
+from examples.lib import plots, stats
 from examples.lib.config import Config
 from examples.lib.metrics import NonFiniteError
 from examples.lib.train import train_and_evaluate
@@ -133,14 +133,50 @@ def eval_curves(results: list[dict], row: str, key: str = 'accuracy',
           for col, pts in curves.items()}
 
 
+def paired_table(results: list[dict], settings: list[Setting],
+                 baseline: str, key: str = 'accuracy', scale: float = 100.0,
+                 decimals: int = 2) -> str:
+  """Rows x columns of each column's difference from the ``baseline``
+  column, paired by seed: mean ± the 95 % Student-t half-width (a diverged
+  run leaves its seed out)."""
+  by: dict[tuple[str, str], dict[int, float]] = {}
+  for r in results:
+    by.setdefault((r['row'], r['col']), {})[r['seed']] = r[key]
+  rows = list(dict.fromkeys(s.row for s in settings))
+  cols = [c for c in dict.fromkeys(s.col for s in settings) if c != baseline]
+  lines = ['| | ' + ' | '.join(f'{c} − {baseline}' for c in cols) + ' |',
+           '|---|' + '---|' * len(cols)]
+  for row in rows:
+    cells = []
+    for col in cols:
+      mean, half, n = stats.paired_interval(by.get((row, col), {}),
+                                            by.get((row, baseline), {}))
+      if n < 2:
+        cells.append(f'– (n={n})')
+        continue
+      lo, hi = scale * (mean - half), scale * (mean + half)
+      tie = ' tie' if lo <= 0 <= hi else ''
+      cells.append(f'{scale * mean:+.{decimals}f} ± {scale * half:.{decimals}f}'
+                   f' (n={n}){tie}')
+    lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def write_report(results: list[dict], settings: list[Setting], root: str,
-                 title: str, preamble: str = '') -> list[str]:
-  """results.md (table) and one accuracy plot per row; returns the paths."""
+                 title: str, preamble: str = '',
+                 baseline: str | None = None) -> list[str]:
+  """results.md (table; with ``baseline``, also each column's paired
+  difference from that column) and one accuracy plot per row; returns the
+  paths."""
   table = markdown_table(results, settings)
   paths = [os.path.join(root, 'results.md')]
   with open(paths[0], 'w') as f:
     f.write(f'# {title}\n\n{preamble}\n\nFinal test accuracy (%), mean ± std '
             f'over seeds.\n\n{table}\n')
+    if baseline is not None:
+      f.write(f'\nDifference from {baseline} in points, paired by seed: mean '
+              '± the 95 % t interval\'s half-width; "tie" where the interval '
+              f'contains 0.\n\n{paired_table(results, settings, baseline)}\n')
   seeds = len({r['seed'] for r in results})
   for row in dict.fromkeys(s.row for s in settings):
     name = ''.join(c if c.isalnum() else '_' for c in row)
