@@ -123,6 +123,10 @@ def test_paired_table_gives_t_intervals_and_names_ties():
   assert table.splitlines()[0] == '| | A − base | B − base |'
   # B - base: 0, +2, -1: the interval contains 0.
   assert table.endswith('(n=3) tie |')
+  same = [dict(r, col='A', accuracy=r['accuracy']) for r in results
+          if r['col'] == 'base']
+  assert '| identical (n=3) |' in experiments.paired_table(
+      [r for r in results if r['col'] != 'A'] + same, grid, 'base')
   results[0]['accuracy'] = float('nan')  # a diverged seed is left out
   assert '(n=2)' in experiments.paired_table(results, grid, 'base')
 

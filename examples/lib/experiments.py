@@ -154,6 +154,9 @@ def paired_table(results: list[dict], settings: list[Setting],
       if n < 2:
         cells.append(f'– (n={n})')
         continue
+      if mean == 0 and half == 0:
+        cells.append(f'identical (n={n})')  # e.g. a bound that never binds
+        continue
       lo, hi = scale * (mean - half), scale * (mean + half)
       tie = ' tie' if lo <= 0 <= hi else ''
       cells.append(f'{scale * mean:+.{decimals}f} ± {scale * half:.{decimals}f}'
