@@ -30,13 +30,11 @@ for H100 too, AdamW against lambc with telemetry.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import glob
 import json
 import os
-import platform
 import re
 import tempfile
 import time
@@ -49,6 +47,7 @@ import numpy as np
 import optax
 
 import optax_lambc
+from benchmarks.provenance import machine
 from benchmarks.step_time import bert_base_shapes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -308,15 +307,6 @@ def lm_rows(target: Target, model: str) -> dict[str, dict]:
                                    target, param_bytes)
     print(f'  {target.name:5} lm:{model} {name:16} {rows[name]}', flush=True)
   return rows
-
-
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  with contextlib.suppress(OSError):
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  return f'{cpu}, {os.cpu_count()} cores'
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,7 +20,6 @@ reported as tokens/s and as ratios to AdamW and to ``optax.lamb``:
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_lambc
+from benchmarks.provenance import machine
 from examples.configs import lm
 from examples.lib import train as train_lib
 
@@ -82,7 +82,7 @@ def bench(model: str, batch: int, seq_len: int, runs: int,
   n_params = sum(x.size for x in jax.tree.leaves(exp.state.params))
   return {'model': model, 'params': int(n_params), 'batch': batch,
           'seq_len': seq_len, 'runs': runs, 'steps_per_run': steps_per_run,
-          'machine': f'{platform.machine()}, {jax.device_count()} '
+          'machine': f'{machine()}, {jax.device_count()} '
                      f'{jax.devices()[0].platform} device(s), '
                      f'{jax.devices()[0].device_kind}',
           'jax': jax.__version__, 'optax': optax.__version__, 'rows': rows}

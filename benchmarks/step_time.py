@@ -17,7 +17,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_lambc
+from benchmarks.provenance import machine
 
 
 # ---------------------------------------------------------------------------
@@ -304,8 +304,7 @@ def main(argv=None) -> list[dict]:
     args.trees, args.runs, args.warmup = 'tiny,tiny_stacked', 3, 1
   print(f'jax {jax.__version__}, optax {optax.__version__}, '
         f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}, '
-        f'{platform.processor() or platform.machine()}, '
-        f'{len(jax.devices())} device(s)')
+        f'{machine()}, {len(jax.devices())} device(s)')
   results = []
   for name in args.trees.split(','):
     r = bench_tree(name, args.runs, args.warmup, baseline,

@@ -31,7 +31,8 @@ def test_step_time_benchmark_runs_on_tiny_tree(tmp_path, capsys):
     # Optimizer state: Adam's two moments plus O(leaves) scalars, no more.
     p = result['param_bytes']
     assert rows['lambc']['state_bytes'] - 2 * p < 64 * result['leaves'] + 64
-  assert 'lambc' in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert 'lambc' in printed and ' cores, ' in printed  # the machine named
 
 
 def test_norm_variants_benchmark_runs(capsys):
@@ -60,6 +61,7 @@ def test_lm_tokens_benchmark_compares_optimizers_in_one_run(tmp_path, capsys):
   out = tmp_path / 'lm.json'
   result = lm_tokens.main(['--tiny', '--json', str(out)])
   assert json.loads(out.read_text())['rows'].keys() == result['rows'].keys()
+  assert ' cores, ' in result['machine']
   rows = result['rows']
   assert set(rows) == {'adamw', 'optax.lamb', 'lamb', 'lambc',
                        'lambc+telemetry'}
