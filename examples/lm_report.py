@@ -81,6 +81,19 @@ def above_one(record: dict) -> float:
   return sum(v > 1 for v in raw) / len(raw) if raw else math.nan
 
 
+def above_one_by_path(record: dict) -> dict[str, float]:
+  """:func:`above_one` per parameter (a stacked leaf's slices together),
+  for the parameters with any ratio above 1, largest share first."""
+  above: dict[str, list[bool]] = {}
+  for row in record.get('telemetry', ()):
+    for k, v in row.items():
+      if k.startswith('trust_ratio/raw/') and math.isfinite(v):
+        path = k.removeprefix('trust_ratio/raw/').split('[', 1)[0]
+        above.setdefault(path, []).append(v > 1)
+  shares = {p: sum(a) / len(a) for p, a in above.items() if any(a)}
+  return dict(sorted(shares.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _machine(study: Study) -> str:
   cpus = sorted({f"{r['cpu']} ({r['cores']} cores)" for r in
                  [study.noise_run, *study.tuning, *study.finals]})
@@ -116,7 +129,7 @@ def _figures(root: str, study: Study, seq_len: int) -> list[str]:
             f'{study.noise:.1f} sequences; flat lines: the studied batches',
       xlabel='training bytes (millions)',
       ylabel=f'B_simple (sequences of {seq_len} bytes)',
-      higher_is_better=False))
+      higher_is_better=False, log_y=True))
   for batch in study.batches:
     curves = {}
     for opt in study.plan.optimizers:
@@ -265,6 +278,16 @@ def write(root: str, study: Study) -> list[str]:
       shares[f'{opt} @ {batch}'] = share
       cells.append(f'{share:.1%}' if math.isfinite(share) else '–')
     lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'By parameter (a stacked leaf\'s layers together; share of '
+            'its logged ratios above 1):', '']
+  for batch in study.batches:
+    for opt in clip_opts:
+      rec = next((r for r in study.finals if r['optimizer'] == opt and
+                  r['batch'] == batch and r.get('telemetry')), None)
+      if rec:
+        parts = [f'`{p}` {v:.0%}' for p, v in above_one_by_path(rec).items()]
+        lines.append(f'- batch {batch}, {opt}: ' +
+                     (', '.join(parts) if parts else 'none'))
   lines += ['', '## Machine spread', '',
             'Absolute bits/byte move between machines: rerunning 0.2\'s cells '
             'on another x86-64 machine with the same packages and corpus '

@@ -180,6 +180,23 @@ def test_heatmap_rows_are_stacked_layers_in_order():
   assert m.shape == (13, 2) and steps == [1, 2]
 
 
+def test_heatmap_panel_says_whether_and_how_often_the_clip_bound():
+  from examples.lib import plots  # pylint: disable=g-import-not-at-top
+
+  def run(raw, applied, upper):
+    return [{'split': 'train', 'step': 1, 'trust_ratio/raw/a': raw[0],
+             'trust_ratio/raw/b': raw[1], 'trust_ratio/applied/a': applied[0],
+             'trust_ratio/applied/b': applied[1], 'trust_ratio/upper/a': upper,
+             'trust_ratio/upper/b': upper}]
+  inf = float('inf')
+  assert plots.clip_summary(run((3.0, 0.5), (1.0, 0.5), 1.0)) == \
+      'clip bound: 50% of cells'
+  assert plots.clip_summary(run((3.0, 0.5), (3.0, 0.5), inf)) == \
+      'no upper bound'
+  assert plots.clip_summary(run((0.9, 0.5), (0.9, 0.5), 1.0)) == \
+      'the clip never bound'
+
+
 @pytest.mark.parametrize('setting,match', [
     ('optimizer=lambcc', "optimizer='lambcc' is not one of"),
     ('max_trust_ratio=-1', 'max_trust_ratio=-1.0 must be >= 0'),

@@ -118,6 +118,10 @@ def test_share_of_raw_ratios_above_one():
   # Three finite raw ratios, two above 1; applied values are not counted.
   assert lm_report.above_one(record) == pytest.approx(2 / 3)
   assert math.isnan(lm_report.above_one({}))
+  record['telemetry'][0]['trust_ratio/raw/blocks/ln/scale[0]'] = 2.0
+  record['telemetry'][1]['trust_ratio/raw/blocks/ln/scale[1]'] = 0.5
+  assert lm_report.above_one_by_path(record) == {
+      'b': 1.0, 'a': 0.5, 'blocks/ln/scale': 0.5}
 
 
 def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):

@@ -56,7 +56,7 @@ _STYLES = [('-', 'o'), ('--', 's'), ('-.', '^'), (':', 'D'), ('-', 'v'),
 def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
                 title: str = '', xlabel: str = 'step',
                 ylabel: str = 'test accuracy',
-                higher_is_better: bool = True) -> str:
+                higher_is_better: bool = True, log_y: bool = False) -> str:
   """One line per label.
 
   ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
@@ -64,13 +64,15 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
   own style and marker, so curves that coincide stay distinguishable, and the
   y-axis is cut where the curves have left their first quarter (the
   interesting region: the bottom for an accuracy, capped at 1; the top for a
-  loss, ``higher_is_better=False``).
+  loss, ``higher_is_better=False``). ``log_y``: a logarithmic y-axis over
+  the whole range instead (non-positive values are dropped).
   """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   tails, ends = [], []
   for i, (label, points) in enumerate(curves.items()):
-    points = [p for p in points if np.isfinite(p[1])]
+    points = [p for p in points if np.isfinite(p[1]) and
+              (p[1] > 0 or not log_y)]
     if not points:
       continue
     cols = list(zip(*points, strict=True))
@@ -85,7 +87,9 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
                       linewidth=0)
     tails.append((lo if higher_is_better else hi)[len(lo) // 4:])
     ends.append(hi if higher_is_better else lo)
-  if tails:
+  if log_y:
+    ax.set_yscale('log')
+  elif tails:
     tail = np.concatenate(tails)
     tail = tail[np.isfinite(tail)]
     end = np.concatenate(ends)
@@ -105,6 +109,17 @@ def clipped_cells(records: list[dict]) -> np.ndarray:
   _, _, applied = trust_ratio_matrix(records, 'applied')
   with np.errstate(invalid='ignore'):
     return np.abs(applied - raw) > 1e-6 * np.abs(raw)
+
+
+def clip_summary(records: list[dict]) -> str:
+  """How often the bound clipped a run's logged ratios, in a few words."""
+  clipped = clipped_cells(records)
+  if clipped.any():
+    return f'clip bound: {clipped.mean():.0%} of cells'
+  _, _, upper = trust_ratio_matrix(records, 'upper')
+  if upper.size and np.all(np.isposinf(upper)):
+    return 'no upper bound'
+  return 'the clip never bound'
 
 
 def plot_trust_ratio_heatmap(records: list[dict], out: str,
@@ -149,11 +164,13 @@ def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
       width = (steps[-1] - steps[0]) / max(1, len(steps))  # a cell's
       ax.scatter(steps[0] + (cols + 0.5) * width, rows, marker='x', s=6,
                  color='red', linewidths=0.6)
-      heading += (f'\nclip bound: {len(rows) / logs[label].size:.0%} of '
-                  'cells' if len(rows) else '\nthe clip never bound')
+      heading += '\n' + clip_summary(panels[label])
+
     ax.set_title(heading, fontsize=9)
   if title:
-    fig.suptitle(title, fontsize=10, y=1.0 + 0.4 / fig.get_size_inches()[1])
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(top=1 - 0.8 / height)  # room for two title lines
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va='top')
   fig.colorbar(image, ax=list(axes[0]), label=f'log10 {field} trust ratio')
   fig.savefig(out, dpi=120, bbox_inches='tight')
   plt.close(fig)
