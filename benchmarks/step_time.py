@@ -313,7 +313,9 @@ def main(argv=None) -> list[dict]:
     results.append(r)
   if args.json:
     meta = {'jax': jax.__version__, 'optax': optax.__version__,
-            'device': str(jax.devices()[0]), 'runs': args.runs}
+            'device': str(jax.devices()[0]), 'runs': args.runs,
+            'machine': machine(),
+            'date': time.strftime('%Y-%m-%d', time.gmtime())}
     with open(args.json, 'w') as f:
       json.dump({'meta': meta, 'results': results}, f, indent=1)
   return results

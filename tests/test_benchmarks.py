@@ -17,6 +17,7 @@ def test_step_time_benchmark_runs_on_tiny_tree(tmp_path, capsys):
   out = tmp_path / 'bench.json'
   step_time.main(['--tiny', '--json', str(out)])
   data = json.loads(out.read_text())
+  assert ' cores' in data['meta']['machine'] and data['meta']['date']
   result, stacked = data['results']
   assert result['tree'] == 'tiny' and result['leaves'] == 3
   # The stacked tree adds lambc with one trust ratio per stacked layer.
