@@ -146,6 +146,8 @@ def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):
   for r in records:
     assert r['steps'] == 4 and math.isfinite(r['test_bpb']), r['key']
   assert records[0]['noise'] and records[0]['cpu'] and records[0]['commit']
+  # Every split a score comes from is fingerprinted, the test split too.
+  assert set(records[-1]['data']) == {'train', 'validation', 'test'}
   result = json.loads((tmp_path / 'results.json').read_text())
   assert result['primary'][2] == 2  # two paired seeds
   assert 0 <= result['raw_ratio_above_one']['LAMB @ 8'] <= 1

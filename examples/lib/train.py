@@ -342,13 +342,16 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     for sig, handler in zip(signals, previous, strict=False):
       signal.signal(sig, handler)
   result['state'] = exp.parallel.unplace_state(state)
+  data = dict(exp.data_info) if exp.data_info is not None else None
   if result['steps'] == exp.total_steps:
     for split in filter(None, config.final_eval_splits.split(',')):
+      source = input_pipeline.get_source(config, split)
       result.setdefault('final', {})[split] = evaluate(
-          exp, state, input_pipeline.get_source(config, split),
-          config.final_eval_examples)
-  if exp.data_info is not None:
-    result['data'] = exp.data_info
+          exp, state, source, config.final_eval_examples)
+      if data is not None:
+        data[split] = input_pipeline.data_fingerprint(source)
+  if data is not None:
+    result['data'] = data
   return result
 
 
