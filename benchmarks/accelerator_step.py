@@ -47,8 +47,8 @@ import numpy as np
 import optax
 
 import optax_lambc
-from benchmarks.provenance import machine
 from benchmarks.step_time import bert_base_shapes
+from examples.lib.stats import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 H100_SPEC = os.path.join(HERE, 'aot', 'h100_sxm.txtpb')

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import optax
 
 import optax_lambc
-from benchmarks.provenance import machine
 from examples.configs import lm
 from examples.lib import train as train_lib
+from examples.lib.stats import machine
 
 
 def optimizers(lr: float, wd: float, layer_axes) -> dict:

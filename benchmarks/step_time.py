@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_lambc
-from benchmarks.provenance import machine
+from examples.lib.stats import machine
 
 
 # ---------------------------------------------------------------------------

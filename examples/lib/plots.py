@@ -165,7 +165,6 @@ def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
       ax.scatter(steps[0] + (cols + 0.5) * width, rows, marker='x', s=6,
                  color='red', linewidths=0.6)
       heading += '\n' + clip_summary(panels[label])
-
     ax.set_title(heading, fontsize=9)
   if title:
     height = fig.get_size_inches()[1]
