@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import optax_lambc
-from benchmarks import accelerator_step, step_time
+from benchmarks import step_time
+from examples.lib.stats import machine
 
 
 def ab(tree: str, baseline, runs: int) -> dict:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   baseline = step_time.load_release(args.baseline)
-  result = {'machine': accelerator_step.machine(),
+  result = {'machine': machine(),
             'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__,
             'runs': args.runs, 'trees': {}}
   for tree in args.trees.split(','):

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import optax
 
 import optax_lambc
-from benchmarks import accelerator_step
 from benchmarks.step_time import bert_base_shapes
+from examples.lib.stats import machine
 
 
 def capped_tree(cap: int) -> dict:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
       'optax_lambc': optax_lambc.__version__,
       'optax_lambc_path': os.path.dirname(optax_lambc.__file__),
       'jax': jax.__version__, 'optax': optax.__version__,
-      'machine': accelerator_step.machine(), 'date': time.strftime('%Y-%m-%d'),
+      'machine': machine(), 'date': time.strftime('%Y-%m-%d'),
       'leaves': len(jax.tree.leaves(params)), 'cap': args.cap,
       'median_ms': med, 'range_ms': {n: (min(t), max(t)) for n, t in
                                      times.items()},
