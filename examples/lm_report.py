@@ -34,9 +34,6 @@ class Study:
   ledger: str
 
 
-interval = stats.t_interval
-
-
 def paired(finals: list[dict], a: str, b: str, batch: int
            ) -> tuple[float, float, int]:
   """The 95 % interval of ``a - b`` in test bits/byte, paired by seed."""
@@ -73,23 +70,29 @@ def bytes_to_target(record: dict, target: float, seq_len: int) -> float:
   return math.inf
 
 
+def _raw_ratios(record: dict):
+  """``(parameter path, raw ratio)`` of every finite logged raw ratio; a
+  stacked leaf's slices share their leaf's path."""
+  prefix = 'trust_ratio/raw/'
+  for row in record.get('telemetry', ()):
+    for k, v in row.items():
+      if k.startswith(prefix) and math.isfinite(v):
+        yield k.removeprefix(prefix).split('[', 1)[0], v
+
+
 def above_one(record: dict) -> float:
   """Share of the logged (step, layer) raw trust ratios above 1 in a run's
   telemetry: where a bound of 1 binds (LAMBC) or would bind (LAMB)."""
-  raw = [v for row in record.get('telemetry', ()) for k, v in row.items()
-         if k.startswith('trust_ratio/raw/') and math.isfinite(v)]
-  return sum(v > 1 for v in raw) / len(raw) if raw else math.nan
+  above = [v > 1 for _, v in _raw_ratios(record)]
+  return sum(above) / len(above) if above else math.nan
 
 
 def above_one_by_path(record: dict) -> dict[str, float]:
   """:func:`above_one` per parameter (a stacked leaf's slices together),
   for the parameters with any ratio above 1, largest share first."""
   above: dict[str, list[bool]] = {}
-  for row in record.get('telemetry', ()):
-    for k, v in row.items():
-      if k.startswith('trust_ratio/raw/') and math.isfinite(v):
-        path = k.removeprefix('trust_ratio/raw/').split('[', 1)[0]
-        above.setdefault(path, []).append(v > 1)
+  for path, v in _raw_ratios(record):
+    above.setdefault(path, []).append(v > 1)
   shares = {p: sum(a) / len(a) for p, a in above.items() if any(a)}
   return dict(sorted(shares.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -225,10 +228,10 @@ def write(root: str, study: Study) -> list[str]:
     for opt in plan.optimizers:
       vals = [r['test_bpb'] for r in study.finals if r['optimizer'] == opt
               and r['batch'] == batch]
-      summary[f'{opt} @ {batch}'] = interval(vals)
+      summary[f'{opt} @ {batch}'] = cell = stats.t_interval(vals)
       diverged = sum(not math.isfinite(v) for v in vals)
-      cells.append(_fmt(*interval(vals)) + (f', {diverged} diverged' if
-                                             diverged else ''))
+      cells.append(_fmt(*cell) + (f', {diverged} diverged' if diverged
+                                  else ''))
     n_steps = plan.tokens // (batch * seq_len)
     lines.append(f'| {batch} | {n_steps} | ' + ' | '.join(cells) + ' |')
   pairs = [(o1, o2) for o1, o2 in (('LAMBC max 1', 'LAMB'),
@@ -269,11 +272,12 @@ def write(root: str, study: Study) -> list[str]:
             'two optimizers take nearly the same steps.', '',
             '| batch | ' + ' | '.join(clip_opts) + ' |',
             '|---|' + '---|' * len(clip_opts)]
+  logged = {(r['optimizer'], r['batch']): r for r in study.finals
+            if r.get('telemetry')}
   for batch in study.batches:
     cells = []
     for opt in clip_opts:
-      rec = next((r for r in study.finals if r['optimizer'] == opt and
-                  r['batch'] == batch and r.get('telemetry')), None)
+      rec = logged.get((opt, batch))
       share = above_one(rec) if rec else math.nan
       shares[f'{opt} @ {batch}'] = share
       cells.append(f'{share:.1%}' if math.isfinite(share) else '–')
@@ -282,8 +286,7 @@ def write(root: str, study: Study) -> list[str]:
             'its logged ratios above 1):', '']
   for batch in study.batches:
     for opt in clip_opts:
-      rec = next((r for r in study.finals if r['optimizer'] == opt and
-                  r['batch'] == batch and r.get('telemetry')), None)
+      rec = logged.get((opt, batch))
       if rec:
         parts = [f'`{p}` {v:.0%}' for p, v in above_one_by_path(rec).items()]
         lines.append(f'- batch {batch}, {opt}: ' +
