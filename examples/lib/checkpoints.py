@@ -10,7 +10,6 @@ nothing that is restored.
 import dataclasses
 import os
 
-
 from examples.lib.config import Config
 from examples.lib.parallel import Parallel
 
@@ -61,5 +60,3 @@ def restore(mngr, parallel: Parallel, template):
   state = type(template)(tree['step'], tree['params'], tree['batch_stats'],
                          tree['opt_state'])
   return parallel.place_restored(state), restored['meta']['data_index']
-
-
