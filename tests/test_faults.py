@@ -232,6 +232,13 @@ def _start_two(workdir) -> list[subprocess.Popen]:
           for i in range(2)]
 
 
+# How a survivor is stopped: the coordination service's message, or gloo's
+# transport failing inside the collective in flight.
+_STOPPED_BY_PEER_DEATH = re.compile(
+    r'another task died|stopped sending heartbeats|'
+    r'gloo::EnforceNotMet|gloo/transport/tcp/pair\.cc')
+
+
 def test_two_processes_survive_a_kill(tmp_path):
   full = tmp_path / 'full'
   procs = _start_two(full)
@@ -247,12 +254,14 @@ def test_two_processes_survive_a_kill(tmp_path):
   killed_at = time.time()
   survivor = procs[0].communicate(timeout=120)[0]
   procs[1].communicate(timeout=60)
-  # The survivor does not hang: JAX's coordination service sees the missed
-  # heartbeats and stops it with a clear message, well within the bound.
+  # The survivor does not hang: it aborts well within the bound, stopped
+  # either by JAX's coordination service (the missed heartbeats, after about
+  # 7-11 s here) or, sooner, by gloo aborting inside the collective in flight
+  # ("Received data size doesn't match expected size", 0.2 s after the kill;
+  # 3 of 26 kills on 2 loaded cores, none of 11 on idle ones).
   assert time.time() - killed_at < 60
-  assert procs[0].returncode != 0
-  assert 'another task died' in survivor or 'heartbeat' in survivor, (
-      survivor[-3000:])
+  assert procs[0].returncode == -signal.SIGABRT, survivor[-3000:]
+  assert _STOPPED_BY_PEER_DEATH.search(survivor), survivor[-3000:]
 
   # A preemption that reaches only one process: both stop after the same
   # step and checkpoint it.
