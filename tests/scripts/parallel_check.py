@@ -32,8 +32,7 @@ config = cifar10().replace(
 ref_exp = train_lib.build(config.replace(parallel='jit'))
 state0 = jax.device_get(ref_exp.state)
 ref_step = jax.jit(train_lib.make_train_step(
-    ref_exp.task, ref_exp.apply, ref_exp.tx,
-                                             ref_exp.schedule))
+    ref_exp.task, ref_exp.apply, ref_exp.tx, ref_exp.schedule))
 batches = [jax.device_get(ref_exp.train_ds[i]) for i in range(2)]
 ref_state = state0
 for b in batches:
