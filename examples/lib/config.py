@@ -46,6 +46,9 @@ class Config:
   exclude_bias_and_norm: bool = True  # masks for decay and adaptation
   momentum: float = 0.9  # sgd, larc
   adam_eps: float | None = None  # None: adamw's 1e-8, lambc's 1e-6
+  adam_b2: float = 0.999  # Adam's second-moment decay (adamw, lamb, lambc)
+  clip_grad_norm: float = 0.0  # >0: clip the global gradient norm first
+  unbounded_params: str = ''  # leaf names (e.g. scale) with no upper bound
   # Schedule of the run.
   global_batch_size: int = 1000  # examples per step, all devices
   accum_steps: int = 1  # micro-batches per step (gradient accumulation)
@@ -119,11 +122,12 @@ def validate(config: Config) -> Config:
   for key in ('weight_decay', 'min_trust_ratio', 'max_trust_ratio',
               'eval_examples', 'final_eval_examples', 'eval_every_steps',
               'checkpoint_every_steps', 'warmup_epochs', 'warmup_fraction',
-              'policy_n_std', 'policy_warmup_steps', 'skip_nonfinite_steps'):
+              'policy_n_std', 'policy_warmup_steps', 'skip_nonfinite_steps',
+              'clip_grad_norm'):
     _at_least(config, key, 0)
-  if not 0 <= config.policy_decay < 1:
-    raise ConfigError(f'policy_decay={config.policy_decay!r} must be in '
-                      '[0, 1)')
+  for key in ('policy_decay', 'adam_b2'):
+    if not 0 <= getattr(config, key) < 1:
+      raise ConfigError(f'{key}={getattr(config, key)!r} must be in [0, 1)')
   if config.accum_steps < 1 or config.global_batch_size % config.accum_steps:
     raise ConfigError(f'accum_steps={config.accum_steps} must divide '
                       f'global_batch_size {config.global_batch_size}')

@@ -1,7 +1,6 @@
 """Step metrics: summed on device, read at log steps, written as JSON lines
 and TensorBoard summaries; the stop on a non-finite loss."""
 
-import json
 import math
 import os
 import time
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import optax_lambc
+from examples.lib import jsonl
 from examples.lib import noise_scale as noise_scale_lib
 from examples.lib.config import Config
 
@@ -27,22 +27,24 @@ class JsonlWriter:
       return
     with open(self.path) as f:
       keep = [line for line in f if line.strip() and
-              json.loads(line)['step'] <= step]
+              jsonl.loads(line)['step'] <= step]
     with open(self.path, 'w') as f:
       f.writelines(keep)
 
   def write(self, record: dict) -> None:
     with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+      f.write(jsonl.dumps(record) + '\n')
 
   def close(self) -> None:
     pass
 
 
 class TensorBoardWriter:
-  """TensorBoard event files in ``WORKDIR/tensorboard``: every numeric field
-  of a record as the scalar ``SPLIT/FIELD`` (per-layer trust ratios too:
-  ``train/trust_ratio/applied/blocks/fc1/kernel[3]``).
+  """TensorBoard event files in ``WORKDIR/tensorboard``: every finite numeric
+  field of a record as the scalar ``SPLIT/FIELD`` (per-layer trust ratios too:
+  ``train/trust_ratio/applied/blocks/fc1/kernel[3]``). Non-finite values are
+  not written (TensorBoard cannot plot them): an unbounded layer has no
+  ``upper`` curve, and a non-finite loss shows as ``nonfinite_steps``.
 
   Written with tensorboardX, a protobuf-only writer: clu's metric writers
   (what flax's examples use) write through TensorFlow, which these examples
@@ -71,7 +73,8 @@ class TensorBoardWriter:
     split = record.get('split', 'train')
     for key, value in record.items():
       if key not in ('step', 'split') and isinstance(
-          value, (int, float)) and not isinstance(value, bool):
+          value, (int, float)) and not isinstance(value, bool) and (
+              math.isfinite(value)):
         writer.add_scalar(f'{split}/{key}', value, record['step'])
 
   def close(self) -> None:
@@ -126,10 +129,18 @@ _SUMMED = ('loss', 'accuracy', 'lr', 'finite_steps', 'noise/grad_sq',
 
 
 class MetricsAccumulator:
-  """Sums the step metrics on device; reads them on the host at log steps."""
+  """Sums the step metrics on device; reads them on the host at log steps.
+
+  The trust-ratio telemetry is the last step's, plus two per-layer figures
+  over every step of the interval: the largest raw ratio
+  (``trust_ratio/max_raw/...``, NaN ignored) and the number of steps whose
+  raw ratio exceeded 1 (``trust_ratio/steps_above_one/...``), so where a
+  bound of 1 binds is known for every step, not only the logged ones.
+  """
 
   def __init__(self):
     self.sums, self.count, self.t0, self.last = None, 0, time.time(), {}
+    self.ratios = None  # (max raw ratio, steps above 1), per layer
 
   def add(self, metrics: dict) -> None:
     summed = {k: v for k, v in metrics.items()
@@ -137,13 +148,32 @@ class MetricsAccumulator:
     self.sums = summed if self.sums is None else jax.tree.map(
         jnp.add, self.sums, summed)
     self.last = {k: v for k, v in metrics.items() if k not in summed}
+    stats = metrics.get('trust_ratio')
+    if stats is not None:
+      raw = stats.raw
+      above = (raw > 1).astype(jnp.int32)
+      self.ratios = (raw, above) if self.ratios is None else (
+          jnp.fmax(self.ratios[0], raw), self.ratios[1] + above)
     self.count += 1
+
+  def _ratios_to_host(self) -> dict:
+    stats = self.last.get('trust_ratio')
+    if self.ratios is None or stats is None:
+      return {}
+    high, above = (np.asarray(x) for x in jax.device_get(self.ratios))
+    out = {}
+    for key, h, a in zip(stats.names.keys(), high.tolist(), above.tolist(),
+                         strict=True):
+      out[f'trust_ratio/max_raw/{key}'] = h
+      out[f'trust_ratio/steps_above_one/{key}'] = a
+    return out
 
   def record(self, step: int) -> dict:
     """The train record of the interval, and a reset."""
     host = _to_host(self.sums)
     last = dict(self.last)
-    telemetry = _telemetry_to_host(last.pop('trust_ratio', None))
+    telemetry = {**_telemetry_to_host(last.pop('trust_ratio', None)),
+                 **self._ratios_to_host()}
     finite = host.pop('finite_steps')
     bad = sorted(k.removeprefix('nonfinite/') for k, v in host.items()
                  if k.startswith('nonfinite/') and v > 0)
@@ -160,6 +190,7 @@ class MetricsAccumulator:
               'nonfinite_layers': bad,
               'steps_per_s': self.count / max(time.time() - self.t0, 1e-9)}
     self.sums, self.count, self.t0 = None, 0, time.time()
+    self.ratios = None
     return record
 
 

@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules from a Config."""
 
 import functools
+import math
 
+import jax
 import optax
 
 import optax_lambc
@@ -33,8 +35,28 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int,
       [warmup])
 
 
-def _bounds(config: Config):
+def _unbounded(params, bound, names: set[str]):
+  """A per-layer upper bound: ``math.inf`` on the leaves named in ``names``
+  (e.g. LayerNorm scales), ``bound`` elsewhere, keyed by parameter path."""
+  out: dict = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+            for k in path]
+    keys = keys[:-1] if keys[-1] == 'value' else keys  # an nnx.Variable
+    node = out
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = math.inf if keys[-1] in names else bound
+  return out
+
+
+def _bounds(config: Config, params=None):
   if config.bound_policy == 'fixed':
+    names = set(filter(None, config.unbounded_params.split(',')))
+    if names and config.max_trust_ratio is not None:
+      if params is None:
+        raise ValueError('unbounded_params needs the params')
+      return _unbounded(params, config.max_trust_ratio, names)
     return config.max_trust_ratio
   if config.bound_policy == 'dynamic':
     return optax_lambc.dynamic_bounds(
@@ -50,32 +72,45 @@ def _bounds(config: Config):
 
 
 def create_optimizer(config: Config, schedule: optax.Schedule,
-                     layer_axes=None
+                     layer_axes=None, params=None
                      ) -> optax.GradientTransformation:
   """The optimizer named by ``config.optimizer``, over the params state.
 
   ``layer_axes`` (from ``optax_lambc.layer_axes_from_flax`` for stacked
   blocks) gives LAMB, LAMBC and LARC one trust ratio per stacked layer, and
   makes the bias/norm mask judge each layer's rank, not the stacked leaf's.
+  ``params`` (the model's) are needed for ``unbounded_params``. With
+  ``clip_grad_norm > 0`` the gradients' global norm is clipped first.
   """
+  tx = _create(config, schedule, layer_axes, params)
+  if config.clip_grad_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
+  return tx
+
+
+def _create(config: Config, schedule: optax.Schedule, layer_axes, params
+            ) -> optax.GradientTransformation:
   mask = None
   if config.exclude_bias_and_norm:
     mask = functools.partial(optax_lambc.exclude_bias_and_norm,
                              layer_axes=layer_axes)
   name = config.optimizer
-  eps = {} if config.adam_eps is None else {'eps': config.adam_eps}
+  adam = {'b2': config.adam_b2}
+  if config.adam_eps is not None:
+    adam['eps'] = config.adam_eps
   if name == 'lambc':
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay,
-        min_trust_ratio=config.min_trust_ratio, max_trust_ratio=_bounds(config),
-        mask=mask, trust_ratio_mask=mask, layer_axes=layer_axes, **eps)
+        min_trust_ratio=config.min_trust_ratio,
+        max_trust_ratio=_bounds(config, params), mask=mask,
+        trust_ratio_mask=mask, layer_axes=layer_axes, **adam)
   if name == 'lamb':  # LAMB = LAMBC without an upper bound, same masks
     return optax_lambc.lambc(
         schedule, weight_decay=config.weight_decay, max_trust_ratio=None,
-        mask=mask, trust_ratio_mask=mask, layer_axes=layer_axes, **eps)
+        mask=mask, trust_ratio_mask=mask, layer_axes=layer_axes, **adam)
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask,
-                       **eps)
+                       **adam)
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(config.weight_decay, mask),
                        optax.sgd(schedule, momentum=config.momentum))

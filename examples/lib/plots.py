@@ -6,11 +6,12 @@ import re
 
 import numpy as np
 
+from examples.lib import jsonl
+
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of ``WORKDIR/metrics.jsonl``, non-finite values as floats."""
+  return jsonl.read(os.path.join(workdir, 'metrics.jsonl'))
 
 
 def _plt():
@@ -56,7 +57,8 @@ _STYLES = [('-', 'o'), ('--', 's'), ('-.', '^'), (':', 'D'), ('-', 'v'),
 def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
                 title: str = '', xlabel: str = 'step',
                 ylabel: str = 'test accuracy',
-                higher_is_better: bool = True, log_y: bool = False) -> str:
+                higher_is_better: bool = True, log_y: bool = False,
+                log_x: bool = False) -> str:
   """One line per label.
 
   ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
@@ -65,7 +67,8 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
   y-axis is cut where the curves have left their first quarter (the
   interesting region: the bottom for an accuracy, capped at 1; the top for a
   loss, ``higher_is_better=False``). ``log_y``: a logarithmic y-axis over
-  the whole range instead (non-positive values are dropped).
+  the whole range instead (non-positive values are dropped); ``log_x``: a
+  logarithmic x-axis.
   """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -87,6 +90,8 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
                       linewidth=0)
     tails.append((lo if higher_is_better else hi)[len(lo) // 4:])
     ends.append(hi if higher_is_better else lo)
+  if log_x:
+    ax.set_xscale('log')
   if log_y:
     ax.set_yscale('log')
   elif tails:

@@ -105,7 +105,8 @@ def build(config: Config) -> Experiment:
   layer_axes = models.layer_axes(model)
   graphdef, params, batch_stats = models.split(model)
   apply = models.make_apply(graphdef)
-  tx = optim.create_optimizer(config, schedule, layer_axes=layer_axes)
+  tx = optim.create_optimizer(config, schedule, layer_axes=layer_axes,
+                               params=params)
   if config.skip_nonfinite_steps:
     tx = optax.apply_if_finite(tx, config.skip_nonfinite_steps)
   opt_state = tx.init(params)
