@@ -1,6 +1,6 @@
 """The offline demo: LAMB vs LAMBC on real handwritten digits.
 
-  python -m examples.demo [--fast] [--workdir runs/demo] [--seeds 0,1,2]
+  python -m study.demo [--fast] [--workdir runs/demo] [--seeds 0,1,2]
 
 scikit-learn's digits (1,797 8x8 images, a fixed 1,347/450 split) ship with
 the package, so this runs anywhere, offline. A small CNN is trained with
@@ -17,17 +17,18 @@ import os
 import time
 
 from examples.configs import digits
-from examples.lib import experiments, plots, stats
+from examples.lib import plots, stats
+from study import grid as grid_lib
 
 BOUNDS = (1.0, 3.0, 10.0, None)
 
 
-def settings(batch_sizes, bounds) -> list[experiments.Setting]:
+def settings(batch_sizes, bounds) -> list[grid_lib.Setting]:
   out = []
   for bs in batch_sizes:
     for bound in bounds:
       col = 'LAMB (no bound)' if bound is None else f'LAMBC max {bound:g}'
-      out.append(experiments.Setting(
+      out.append(grid_lib.Setting(
           f'batch {bs}', col,
           {'global_batch_size': bs, 'max_trust_ratio': bound,
            'optimizer': 'lamb' if bound is None else 'lambc'}))
@@ -49,14 +50,14 @@ def main(argv=None) -> str:
     batch_sizes, bounds, seeds, epochs = (512,), (1.0, None), [0], 2
   base = digits().replace(num_epochs=epochs, log_every_steps=2)
   grid = settings(batch_sizes, bounds)
-  results = experiments.run_grid(base, grid, seeds, args.workdir)
+  results = grid_lib.run_grid(base, grid, seeds, args.workdir)
   preamble = (f'scikit-learn digits, small CNN, {epochs:g} epochs, lr '
               f'{base.learning_rate:g} (warm-up 1 epoch, cosine), weight decay '
               f'{base.weight_decay:g}, seeds {seeds}. Command: '
-              f'`python -m examples.demo{" --fast" if args.fast else ""}`; '
+              f'`python -m study.demo{" --fast" if args.fast else ""}`; '
               f'{stats.machine()}, '
               f'{time.strftime("%Y-%m-%d", time.gmtime())}.')
-  paths = experiments.write_report(results, grid, args.workdir,
+  paths = grid_lib.write_report(results, grid, args.workdir,
                                    'LAMB vs LAMBC on digits', preamble,
                                    baseline='LAMB (no bound)')
   # Raw vs applied trust ratios of one LAMBC run at the largest batch.

@@ -1,6 +1,7 @@
 """Grids of training runs (settings x seeds): run, resume, tabulate, plot.
 
-Shared by the offline demo and the paper-reproduction harness. Each run writes
+Shared by the offline demo (``study.demo``) and the paper-reproduction
+harness (``study.reproduce``). Each run writes
 its own workdir (``ROOT/SETTING/seed_N``) and a ``result.json`` when finished,
 so an interrupted grid picks up where it stopped.
 """

@@ -1,6 +1,6 @@
 """The LM large-batch study's report: tables with intervals, curves, verdict.
 
-``write(root, study)`` turns the ledger's runs (``examples.lm_study``) into
+``write(root, study)`` turns the ledger's runs (``study.lm``) into
 ``results.md``, ``results.json`` and figures. Intervals are Student-t 95 %
 intervals over seeds; differences between optimizers are paired by seed.
 """
@@ -23,7 +23,7 @@ PACKAGES = ('jax', 'jaxlib', 'optax', 'flax', 'numpy', 'grain')
 @dataclasses.dataclass
 class Study:
   base: Config
-  plan: object  # lm_study.Plan
+  plan: object  # study.lm.Plan
   noise_run: dict
   noise: float
   batches: tuple[int, ...]
@@ -182,7 +182,7 @@ def write(root: str, study: Study) -> list[str]:
   lines = [
       f'# Large batches on a byte-level transformer LM'
       f'{" (tiny mode)" if study.tiny else ""}', '',
-      'Command: `python -m examples.reproduce --experiment lm_batch'
+      'Command: `python -m study.reproduce --experiment lm_batch'
       f'{" --tiny" if study.tiny else ""}` (resumes from the ledger '
       f'`{study.ledger}`; the design and the primary comparison were fixed '
       'before the runs in `PLAN.md`).', '',

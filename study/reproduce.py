@@ -1,10 +1,10 @@
 """Reproduce the LAMBC paper's experiments with the shared training library.
 
-  python -m examples.reproduce --experiment table1 --workdir results/table1 \
+  python -m study.reproduce --experiment table1 --workdir results/table1 \
       --set data_dir=~/tensorflow_datasets
-  python -m examples.reproduce --experiment figure2 --seeds 0,1,2
-  python -m examples.reproduce --experiment table1 --mock   # seconds, fake data
-  python -m examples.reproduce --experiment lm_batch   # hours; resumable
+  python -m study.reproduce --experiment figure2 --seeds 0,1,2
+  python -m study.reproduce --experiment table1 --mock   # seconds, fake data
+  python -m study.reproduce --experiment lm_batch   # hours; resumable
 
 Experiments (the paper: Fong, Chen & Chen 2020, Sec. 4):
 
@@ -22,7 +22,12 @@ Experiments (the paper: Fong, Chen & Chen 2020, Sec. 4):
   transformer, at batches placed from the measured gradient noise scale, the
   learning rate tuned for every (optimizer, batch), 5 paired seeds, a fixed
   byte budget, offline data (the plan: ``docs/lm/PLAN.md``; the code:
-  ``examples.lm_study``).
+  ``study.lm``).
+* ``lm_round2``: the LM study's second, pre-registered round: when does the
+  clip help? The mechanism by intervention (which layers the clip acts on),
+  learning-rate headroom at a small batch, a fair large batch for AdamW,
+  four times the training bytes, and the noise scale over three seeds
+  (``docs/lm/PLAN.md``, amendment 2; the code: ``study.lm_round2``).
 
 Each run resumes from its checkpoint; finished runs are skipped. The results
 folder gets ``results.md`` (mean ± std over seeds) and accuracy plots.
@@ -32,8 +37,8 @@ import argparse
 
 from examples.configs import cifar10, imagenet64
 from examples.lib import config as config_lib
-from examples.lib import experiments
-from examples.lib.experiments import Setting
+from study import grid as grid_lib
+from study.grid import Setting
 
 PAPER = {
     'table1': 'Paper (Table 1): LAMBC 87.71 / 87.30 / 86.29, LAMB 85.68 / '
@@ -42,6 +47,7 @@ PAPER = {
     'figure3': 'Paper (Figure 3): LAMBC above LAMB on ImageNet 64x64.',
     'extras': 'Not in the paper.',
     'lm_batch': 'Not in the paper (its future work).',
+    'lm_round2': 'Not in the paper (its future work).',
 }
 
 
@@ -100,13 +106,18 @@ def main(argv=None) -> list[str]:
   parser.add_argument('--mock', action='store_true',
                       help='fake data, tiny model, 2 steps per run')
   parser.add_argument('--tiny', action='store_true',
-                      help='lm_batch in seconds: tiny batches and budget')
+                      help='lm_* in a minute or two: tiny batches and budget')
+  parser.add_argument('--ledger', default=None,
+                      help='lm_*: the ledger to resume from and append to '
+                      '(default: the committed one under docs/lm)')
   args = parser.parse_args(argv)
-  if args.experiment == 'lm_batch':
-    from examples import lm_study  # pylint: disable=g-import-not-at-top
+  if args.experiment.startswith('lm_'):
+    from study import lm, lm_round2  # pylint: disable=g-import-not-at-top
     seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else None
-    paths = lm_study.run(args.workdir or 'runs/lm_batch', args.overrides,
-                         tiny=args.tiny, seeds=seeds)
+    study = lm if args.experiment == 'lm_batch' else lm_round2
+    paths = study.run(args.workdir or f'runs/{args.experiment}',
+                      args.overrides, tiny=args.tiny, seeds=seeds,
+                      ledger_path=args.ledger)
     with open(paths[0]) as f:
       print(f.read())
     return paths
@@ -118,8 +129,8 @@ def main(argv=None) -> list[str]:
             for s in grid]
   workdir = args.workdir or f'results/{args.experiment}'
   seeds = [int(s) for s in (args.seeds or '0').split(',')]
-  results = experiments.run_grid(base, grid, seeds, workdir)
-  paths = experiments.write_report(
+  results = grid_lib.run_grid(base, grid, seeds, workdir)
+  paths = grid_lib.write_report(
       results, grid, workdir, f'{args.experiment}' + (' (mock data)' if
                                                       args.mock else ''),
       PAPER[args.experiment] + f' Seeds: {seeds}.')

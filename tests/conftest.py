@@ -14,7 +14,7 @@ LONG_FIRST = (
     'tests/test_faults.py::test_sigkill_at_random_moments',
     'tests/test_parallel.py::test_every_parallel_mode',
     'tests/test_faults.py::test_two_processes_survive',
-    'tests/test_lm_study.py::test_lm_batch_study_runs_end_to_end',
+    'tests/test_study_lm.py::test_lm_batch_study_runs_end_to_end',
     'tests/test_examples.py::test_kill_and_resume',
     'tests/test_parallel.py::test_language_model_step',
     'tests/test_benchmarks.py::test_lm_tokens',

@@ -92,7 +92,7 @@ def test_config_overrides_parse_and_reject_unknown_keys():
 
 
 def test_demo_fast_mode_writes_table_and_plots(tmp_path):
-  from examples import demo  # pylint: disable=g-import-not-at-top
+  from study import demo  # pylint: disable=g-import-not-at-top
   report = demo.main(['--fast', '--workdir', str(tmp_path)])
   text = open(report).read()
   assert '| batch 512 |' in text and 'LAMBC max 1' in text
@@ -110,7 +110,7 @@ def test_demo_fast_mode_writes_table_and_plots(tmp_path):
 
 
 def test_paired_table_gives_t_intervals_and_names_ties():
-  from examples.lib import experiments  # pylint: disable=g-import-not-at-top
+  from study import grid as experiments  # pylint: disable=g-import-not-at-top
   grid = [experiments.Setting('batch 8', c, {}) for c in ('A', 'B', 'base')]
   acc = {'A': [0.90, 0.92, 0.94], 'B': [0.80, 0.83, 0.81],
          'base': [0.80, 0.81, 0.82]}
@@ -132,7 +132,7 @@ def test_paired_table_gives_t_intervals_and_names_ties():
 
 
 def test_reproduce_harness_on_mock_data(tmp_path):
-  from examples import reproduce  # pylint: disable=g-import-not-at-top
+  from study import reproduce  # pylint: disable=g-import-not-at-top
   _, grid = reproduce.experiment('table1')
   assert {(s.row, s.col) for s in grid} == {
       (f'batch {b}', c) for b in (1000, 2000, 3000)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from examples import lm_report, lm_study
+from study import lm as lm_study
+from study import lm_report
 from examples.configs import lm
 from examples.lib import input_pipeline, noise_scale
 from examples.lib import train as train_lib
@@ -125,7 +126,7 @@ def test_share_of_raw_ratios_above_one():
 
 
 def test_lm_batch_study_runs_end_to_end_in_tiny_mode_and_resumes(tmp_path):
-  from examples import reproduce  # pylint: disable=g-import-not-at-top
+  from study import reproduce  # pylint: disable=g-import-not-at-top
   argv = ['--experiment', 'lm_batch', '--tiny', '--workdir', str(tmp_path)]
   paths = reproduce.main(argv)
   text = open(paths[0]).read()
