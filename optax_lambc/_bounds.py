@@ -1,4 +1,4 @@
-"""Trust-ratio bounds: constants, schedules, per-layer trees and policies.
+"""Trust-ratio bounds: numbers, schedules, per-layer trees and policies.
 
 A bound given to :func:`optax_lambc.scale_by_clipped_trust_ratio` or
 :func:`optax_lambc.lambc` may be
@@ -6,32 +6,40 @@ A bound given to :func:`optax_lambc.scale_by_clipped_trust_ratio` or
 * ``None``: no bound on that side;
 * a number, or a scalar array (as ``optax.inject_hyperparams`` passes it);
 * an optax schedule of the transform's step count (0 on the first update);
-* a per-layer tree of numbers or schedules, a tree prefix of the params
-  matched by key path (``math.inf`` is "no upper bound"); for a stacked leaf a
-  value may also be an array of the layer axes' shape, one bound per slice;
+* a per-layer tree of those (:data:`optax_lambc.BoundTree`), a tree prefix
+  of the params matched by key path (``math.inf`` is "no upper bound"); for a
+  stacked leaf a value may also be an array of the layer axes' shape, one
+  bound per slice;
 * a :class:`BoundPolicy`, passed as ``max_trust_ratio``: a stateful rule that
   sets both bounds per layer.
 
 Bounds are clamped at 0 when applied and the upper bound wins where a lower
 one exceeds it; Python and NumPy numbers that break either rule are rejected
-when the optimizer is built.
+when the optimizer is built. Per-layer trees are matched to the params at
+``init`` (where a typo fails) and again, from the state's layer record, at
+each ``update``: nothing is cached.
 """
 
 import dataclasses
-import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_lambc import _checks
 from optax_lambc import _layers
+from optax_lambc._layers import BoundTree
 
-# ``resolve(spec, default)``: a bound spec's value for every layer, as a vector.
-Resolver = Callable[[Any, float], jax.Array]
+
+class Resolver(Protocol):
+  """``resolve(spec, default)``: a bound's value for every layer (a vector)
+  at the current step; ``default`` stands for ``None``."""
+
+  def __call__(self, spec: BoundTree | None, default: float,
+               name: str = ...) -> jax.Array:
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +90,19 @@ def _is_value(x: Any) -> bool:
   return callable(x) or isinstance(x, BoundPolicy)
 
 
-def _is_scalar(spec: Any) -> bool:
-  """True for a number or a scalar array: one value for every layer."""
-  return not (spec is None or _is_value(spec)) and (
-      jax.tree_util.treedef_is_leaf(jax.tree.structure(spec))) and (
-          jnp.ndim(spec) == 0)
+def _entries(name: str, spec: Any) -> list[tuple[str, tuple[str, ...], Any]]:
+  """``(where, path, value)`` of every leaf of a bound spec."""
+  if spec is None or _is_value(spec):
+    return []
+  return [(f'{name}[{_layers.path_str(k)}]' if k else name, k, v) for k, v in
+          ((_layers.path_keys(p), v) for p, v in
+           jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_value)[0])]
 
 
 def _concrete(x: Any) -> np.ndarray | None:
-  """``x`` as a NumPy array if it is a build-time number or NumPy array."""
-  if isinstance(x, np.ndarray) or (
-      _checks.is_build_time_number(x)):
-    return np.asarray(x)
-  return None
+  """``x`` as NumPy if it is a build-time number or NumPy array."""
+  ok = isinstance(x, (np.ndarray, np.generic, int, float))
+  return np.asarray(x) if ok and not isinstance(x, bool) else None
 
 
 def check_bound(name: str, spec: Any) -> None:
@@ -104,132 +112,81 @@ def check_bound(name: str, spec: Any) -> None:
     TypeError: for a bool or string, or a policy inside a per-layer tree.
     ValueError: for a NaN or negative number, naming ``name`` and the path.
   """
-  if spec is None or _is_value(spec):
-    return
-  for path, leaf in jax.tree_util.tree_flatten_with_path(
-      spec, is_leaf=_is_value)[0]:
-    where = f'{name}[{_checks.path_str(path)}]' if path else name
+  for where, _, leaf in _entries(name, spec):
     if isinstance(leaf, BoundPolicy):
       raise TypeError(f'`{where}`: a BoundPolicy must be the whole '
                       '`max_trust_ratio`, not a leaf of a per-layer tree.')
-    if callable(leaf):
+    values = None if callable(leaf) else _concrete(leaf)
+    if values is None or values.ndim == 0:
+      if not callable(leaf):
+        _layers.check_number(where, leaf)
       continue
-    _checks.check_number(where, leaf if np.ndim(leaf) == 0 else
-                         np.zeros([]))
-    values = _concrete(leaf)
-    if values is not None and values.ndim and (
-        values.dtype == np.bool_ or not np.issubdtype(values.dtype,
-                                                      np.number)):
+    if not np.issubdtype(values.dtype, np.number) or values.dtype == bool:
       raise TypeError(f'`{where}` must hold numbers, got {leaf!r}.')
-    if values is not None and bool(np.any(np.isnan(values) | (values < 0))):
+    if np.any(np.isnan(values) | (values < 0)):
       raise ValueError(f'`{where}` must be >= 0 and not NaN; got {leaf!r}.')
-
-
-def _concrete_entries(spec: Any) -> dict[tuple[str, ...], np.ndarray]:
-  """Path -> NumPy value, for the build-time numbers of a bound spec."""
-  if spec is None or _is_value(spec):
-    return {}
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(
-      spec, is_leaf=_is_value)[0]:
-    value = None if callable(leaf) else _concrete(leaf)
-    if value is not None:
-      out[_checks.path_keys(path)] = value
-  return out
 
 
 def check_bound_order(min_spec: Any, max_spec: Any,
                       min_name: str = 'min_trust_ratio',
                       max_name: str = 'max_trust_ratio') -> None:
-  """Raises ``ValueError`` where a build-time lower bound exceeds the upper.
-
-  Entries are compared wherever one's path is a prefix of the other's (a
-  scalar applies everywhere).
-  """
-  lows, highs = _concrete_entries(min_spec), _concrete_entries(max_spec)
-  for lp, lo in lows.items():
-    for hp, hi in highs.items():
+  """Raises ``ValueError`` where a build-time lower bound exceeds the upper,
+  comparing entries wherever one's path is a prefix of the other's."""
+  for _, lp, lo in _entries(min_name, min_spec):
+    for _, hp, hi in _entries(max_name, max_spec):
       n = min(len(lp), len(hp))
-      if lp[:n] != hp[:n]:
+      lo_, hi_ = _concrete(lo), _concrete(hi)
+      if lp[:n] != hp[:n] or lo_ is None or hi_ is None:
         continue
       try:
-        bad = bool(np.any(lo > hi))
+        bad = bool(np.any(lo_ > hi_))
       except ValueError:  # shapes that do not broadcast
         continue
       if bad:
-        where = _checks.path_str(lp if len(lp) >= len(hp) else hp)
+        where = _layers.path_str(lp if len(lp) >= len(hp) else hp)
         at = f' at {where!r}' if where != '<root>' else ''
-        raise ValueError(f'`{min_name}` ({lo.tolist()!r}) must not exceed '
-                         f'`{max_name}` ({hi.tolist()!r}){at}.')
+        raise ValueError(f'`{min_name}` ({lo_.tolist()!r}) must not exceed '
+                         f'`{max_name}` ({hi_.tolist()!r}){at}.')
 
 
-class Plans:
-  """Per-layer trees matched to a params structure once, then reused.
+def resolver(count: jax.Array, layers: Any, dtype: jnp.dtype) -> Resolver:
+  """The :class:`Resolver` of one step, from the state's layer record."""
+  grids = [(k, g) for k, g in _layers.flat_params(layers)
+           if not _layers.is_masked(g)]
+  n = sum(g.size for _, g in grids)
 
-  A transform holds one; matching (and its strict checks) runs the first time
-  a spec meets a params structure, so ``update`` does no path matching after
-  ``init`` has seen the same structure.
-  """
-
-  def __init__(self):
-    self._cache: dict[Any, Any] = {}
-
-  def entries(self, spec: Any, name: str, params: optax.Params,
-              slots: list[_layers.LayerSlot]) -> Any:
-    """``[(slot, value)]`` per leaf, or a NumPy vector if all are constant."""
-    key = (jax.tree.structure(params, is_leaf=_checks.is_masked), id(spec),
-           name)
-    hit = self._cache.get(key)
-    if hit is not None and hit[0] is spec:
-      return hit[1]
-    values = _checks.per_leaf(spec, params, name, is_leaf=_is_value)
-    paths = [k for k, p in _checks.flatten_params(params)
-             if not _checks.is_masked(p)]
-    plan = []
-    for path, slot, v in zip(paths, slots, values, strict=True):
-      if not callable(v) and np.ndim(v) and np.shape(v) != slot.shape:
+  def resolve(spec, default, name='bound'):
+    single = spec is None or callable(spec) or (
+        jax.tree_util.treedef_is_leaf(jax.tree.structure(spec)) and
+        jnp.ndim(spec) == 0)
+    if single:  # one value for every layer
+      value = default if spec is None else spec(count) if callable(
+          spec) else spec
+      return jnp.full([n], value, dtype)
+    if not n:
+      return jnp.zeros([0], dtype)
+    parts = []
+    for (keys, g), v in zip(grids, _layers.per_leaf(spec, layers, name,
+                                                     _is_value), strict=True):
+      v = v(count) if callable(v) else v
+      squeeze = lambda shape: tuple(d for d in shape if d != 1)
+      if np.ndim(v) and squeeze(np.shape(v)) != squeeze(g.shape):
         raise ValueError(
-            f'`{name}` at {_checks.path_str(path)!r} has shape '
-            f'{np.shape(v)}; it must be a scalar or have the layer axes\' '
-            f'shape {slot.shape}.')
-      plan.append((slot, v))
-    if all(_concrete(v) is not None for _, v in plan):
-      plan = np.concatenate(
-          [np.broadcast_to(np.asarray(v, np.float64), s.shape).ravel()
-           for s, v in plan]) if plan else np.zeros([0])
-    self._cache[key] = (spec, plan)
-    return plan
-
-
-def make_resolver(count: jax.Array, params: optax.Params,
-                  slots: list[_layers.LayerSlot], dtype: jnp.dtype,
-                  plans: Plans) -> Resolver:
-  """Returns ``resolve(spec, default, name='bound')`` for one step."""
-  n = sum(s.size for s in slots)
-
-  def resolve(spec: Any, default: float, name: str = 'bound') -> jax.Array:
-    if spec is None:
-      return jnp.full([n], default, dtype)
-    if callable(spec):
-      return jnp.full([n], spec(count), dtype)
-    if _is_scalar(spec):
-      return jnp.full([n], spec, dtype)
-    plan = plans.entries(spec, name, params, slots)
-    if isinstance(plan, np.ndarray):
-      return jnp.asarray(plan, dtype)
-    return jnp.concatenate([
-        jnp.broadcast_to(jnp.asarray(v(count) if callable(v) else v, dtype),
-                         s.shape).ravel() for s, v in plan]) if plan else (
-                             jnp.zeros([0], dtype))
+            f'`{name}` at {_layers.path_str(keys)!r} has shape {np.shape(v)};'
+            ' it must be a scalar or have the layer axes\' shape '
+            f'{squeeze(g.shape)}.')
+      parts.append(jnp.broadcast_to(jnp.reshape(jnp.asarray(v, dtype), (
+          -1,) if np.ndim(v) else ()), (g.size,)))
+    return jnp.concatenate(parts)
 
   return resolve
 
 
-# ---------------------------------------------------------------------------
-# Dynamic bounds after AdaBound.
+# --- Dynamic bounds after AdaBound -------------------------------------------
 
 
-def dynamic_bounds(final: Any = 1.0, gamma: float = 1e-3) -> BoundPolicy:
+def dynamic_bounds(final: BoundTree = 1.0, gamma: float = 1e-3
+                   ) -> BoundPolicy:
   r"""Bounds that converge to ``final`` from both sides, after AdaBound.
 
   At step :math:`t = \text{count} + 1` (1 on the first update):
@@ -267,11 +224,11 @@ def dynamic_bounds(final: Any = 1.0, gamma: float = 1e-3) -> BoundPolicy:
     <https://arxiv.org/abs/1902.09843>`_, ICLR 2019.
   """
   check_bound('final', final)
-  _checks.check_positive('gamma', gamma)
+  _layers.check_number('gamma', gamma, positive=True)
 
   def bounds(state, count, resolve):
     del state
-    b = resolve(final, 1.0)
+    b = resolve(final, 1.0, 'final')
     t = count.astype(b.dtype) + 1
     return b * (1 - 1 / (gamma * t + 1)), b * (1 + 1 / (gamma * t))
 
@@ -281,8 +238,7 @@ def dynamic_bounds(final: Any = 1.0, gamma: float = 1e-3) -> BoundPolicy:
       update=lambda raw, applied, state, count: state)
 
 
-# ---------------------------------------------------------------------------
-# Running-statistics bounds after ALRC.
+# --- Running-statistics bounds after ALRC ------------------------------------
 
 
 class RunningStatBoundsState(NamedTuple):
@@ -294,7 +250,7 @@ class RunningStatBoundsState(NamedTuple):
 
 
 def running_stat_bounds(
-    n_std: Any = 3.0,
+    n_std: BoundTree = 3.0,
     decay: float = 0.99,
     warmup_steps: int = 100,
     min_trust_ratio: float = 0.0,
@@ -353,17 +309,17 @@ def running_stat_bounds(
     raise ValueError('`n_std` must be a number, schedule or per-layer tree, '
                      'not None.')
   check_bound('n_std', n_std)
-  if _is_scalar(n_std):
-    _checks.check_positive('n_std', n_std)
-  _checks.check_number('decay', decay, upper=1.0)
-  if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int):
-    raise ValueError(f'`warmup_steps` must be an int, got {warmup_steps!r}.')
-  if warmup_steps < 1:
-    raise ValueError(f'`warmup_steps` must be >= 1, got {warmup_steps!r}.')
+  if _concrete(n_std) is not None:
+    _layers.check_number('n_std', n_std, positive=True)
+  _layers.check_number('decay', decay, upper=1.0)
+  if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or (
+      warmup_steps < 1):
+    raise ValueError(f'`warmup_steps` must be an int >= 1, got '
+                     f'{warmup_steps!r}.')
   check_bound('min_trust_ratio', min_trust_ratio)
   check_bound('max_trust_ratio', max_trust_ratio)
   check_bound_order(min_trust_ratio, max_trust_ratio)
-  hi_fixed = math.inf if max_trust_ratio is None else max_trust_ratio
+  hi_fixed = np.inf if max_trust_ratio is None else max_trust_ratio
 
   def init(template):
     return RunningStatBoundsState(
@@ -371,14 +327,14 @@ def running_stat_bounds(
         mean=jnp.zeros_like(template), var=jnp.zeros_like(template))
 
   def bounds(state, count, resolve):
-    n = resolve(n_std, 3.0)
     sigma = _layers.safe_sqrt(state.var)
+    band = resolve(n_std, 3.0, 'n_std') * sigma
     fixed = (count < warmup_steps) | (state.count == 0)
-    lo = jnp.maximum(state.mean - n * sigma, min_trust_ratio)
-    hi = jnp.minimum(state.mean + n * sigma, hi_fixed)
     dtype = state.mean.dtype
-    return (jnp.where(fixed, jnp.asarray(min_trust_ratio, dtype), lo),
-            jnp.where(fixed, jnp.asarray(hi_fixed, dtype), hi))
+    return (jnp.where(fixed, jnp.asarray(min_trust_ratio, dtype),
+                      jnp.maximum(state.mean - band, min_trust_ratio)),
+            jnp.where(fixed, jnp.asarray(hi_fixed, dtype),
+                      jnp.minimum(state.mean + band, hi_fixed)))
 
   def update(raw, applied, state, count):
     del raw, count

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from optax_lambc import _checks
+from optax_lambc import _layers
 
 
 def _names(leaf: Any) -> tuple[Any, ...] | None:
@@ -60,11 +60,13 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
   Raises:
     ValueError: if no parameter carries ``axis_name`` (a model without the
       annotation would silently get one ratio per stacked leaf), or if a
-      parameter without partition names lies inside the stack (under the
-      deepest module holding every stacked parameter) and has the stack's
-      layer count at its layer axis, e.g. an unannotated LayerNorm scale in a
-      scanned block: annotate it, or pass ``layer_axes`` by hand. Parameters
-      beside the stack (an embedding, a head) need no names.
+      module without partition names lies inside a stack and every one of its
+      parameters has that stack's layer count at its layer axes, e.g. an
+      unannotated LayerNorm in a scanned block: annotate it, or pass
+      ``layer_axes`` by hand. A stack is the deepest module holding every
+      parameter stacked with one layer count and axes, so any number of
+      stacks work (an encoder and a decoder, two towers); parameters beside
+      a stack (an embedding, a head) need no names.
 
   Examples:
     >>> import jax
@@ -96,30 +98,34 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
     names = _names(leaf)
     axes = None if names is None else tuple(
         i for i, n in enumerate(names) if n == axis_name) or None
-    entries.append((_checks.path_keys(path), names, axes, _shape(leaf)))
-  stacked = [(k, a, s) for k, _, a, s in entries if a is not None]
-  if not stacked:
+    entries.append((_layers.path_keys(path), names, axes, _shape(leaf)))
+  # Each stack (the parameters stacked with one layer count and axes) has
+  # its own root: the deepest module holding all of them.
+  stacks: dict[tuple[Any, ...], list[tuple[str, ...]]] = {}
+  for keys, _, axes, shape in entries:
+    if axes is not None:
+      stacks.setdefault((axes, tuple(shape[a] for a in axes)), []).append(
+          keys[:-1])
+  if not stacks:
     raise ValueError(
         f'No parameter carries the partition name {axis_name!r}: build the '
         f'stack with transform_metadata={{nnx.PARTITION_NAME: {axis_name!r}}}'
         ' (nnx.vmap/nnx.scan) or metadata_params (linen nn.scan) on '
         'parameters created with partition names, or pass `layer_axes` by '
         'hand. Without it every stacked leaf would get one trust ratio.')
-  # The stack's module: the deepest one holding every stacked parameter.
-  root = tuple(os.path.commonprefix([list(k[:-1]) for k, _, _ in stacked]))
-  for keys, names, _, shape in entries:
-    if names is not None or keys[:len(root)] != root:
-      continue
-    for s_keys, s_axes, s_shape in stacked:
-      count = tuple(s_shape[a] for a in s_axes)
-      if all(a < len(shape) and shape[a] == c
-             for a, c in zip(s_axes, count, strict=True)):
+  for (axes, count), modules in stacks.items():
+    root = tuple(os.path.commonprefix(modules))
+    for keys, names, _, _ in entries:
+      module = [(n, s) for k, n, _, s in entries if k[:-1] == keys[:-1]]
+      if names is None and keys[:len(root)] == root and all(
+          n is None and len(s) > max(axes) and
+          tuple(s[a] for a in axes) == count for n, s in module):
         raise ValueError(
             f'Parameter {"/".join(keys)!r} has no partition names but sits in '
-            f'the stack with {"/".join(s_keys)!r} and has its layer count '
-            f'{count} at axes {s_axes}; give it names (e.g. '
-            "scale_metadata={'out_sharding': (None,)}) so its layer axis is "
-            'recorded, or pass `layer_axes` by hand.')
+            f'the stack at {"/".join(root) or "<root>"!r} and, with the rest '
+            f'of its module, has its layer count {count} at axes {axes}; give '
+            "it names (e.g. scale_metadata={'out_sharding': (None,)}) so its "
+            'layer axis is recorded, or pass `layer_axes` by hand.')
   out: dict[str, Any] = {}
   for keys, _, axes, _ in entries:
     node = out

@@ -1,18 +1,17 @@
 """LAMBC: LAMB whose layer-wise trust ratio is clipped into bounds."""
 
 import functools
-import inspect
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optax_lambc import _bounds
-from optax_lambc import _checks
 from optax_lambc import _layers
+from optax_lambc._layers import BoundTree, LayerAxes
 
 
 class ScaleByClippedTrustRatioState(NamedTuple):
@@ -36,79 +35,65 @@ class ScaleByClippedTrustRatioState(NamedTuple):
   """The upper bound in force (``inf``: none)."""
   policy_state: optax.OptState
   """A :class:`optax_lambc.BoundPolicy`'s state, or ``optax.EmptyState()``."""
-  layers: Any
-  """A params-shaped tree of static slots saying where each leaf's layers sit
-  in the vectors. It holds no arrays, so it costs nothing in a jitted step."""
+  layers: optax.Params
+  """Params-shaped: each adapted leaf's layer grid, an ``int32`` array shaped
+  like the leaf with its non-layer axes set to 1, holding its layers' indices
+  in the vectors; ``optax.MaskedNode`` where the leaf is not adapted. It
+  records the layer axes (read off its shapes by ``update``) and the names
+  the telemetry uses (its paths)."""
 
 
-# (param norms, update norms, count, params) -> raw ratios, all vectors.
-RatioFn = Callable[[jax.Array, jax.Array, jax.Array, optax.Params],
-                   jax.Array]
-# (count, policy state, resolve) -> (lower, upper) vectors before clamping.
-BoundsFn = Callable[[jax.Array, optax.OptState, _bounds.Resolver],
+# (param norms, update norms, count) -> raw ratios, all vectors.
+RatioFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# (count, resolve) -> (lower, upper) vectors, before clamping at 0.
+BoundsFn = Callable[[jax.Array, _bounds.Resolver],
                     tuple[jax.Array, jax.Array]]
-# (update leaves, param leaves, count, params) -> the leaves each layer's
-# applied ratio scales.
-DirectionFn = Callable[[list[jax.Array], list[jax.Array], jax.Array,
-                        optax.Params], list[jax.Array]]
-
-
-def bind_layer_axes(mask: optax.MaskOrFn, layer_axes: _layers.LayerAxes
-                    ) -> optax.MaskOrFn:
-  """Passes an optimizer's ``layer_axes`` to a mask callable that takes them."""
-  if layer_axes is None or not callable(mask):
-    return mask
-  try:
-    takes = 'layer_axes' in inspect.signature(mask).parameters
-  except (TypeError, ValueError):
-    takes = False
-  return functools.partial(mask, layer_axes=layer_axes) if takes else mask
-
-
-def masked(inner: optax.GradientTransformation, mask: optax.MaskOrFn,
-           name: str, layer_axes: _layers.LayerAxes
-           ) -> optax.GradientTransformation:
-  """``optax.masked(inner, mask)`` with the mask checked and given the axes."""
-  if mask is None:
-    return inner
-  bind = lambda fn: bind_layer_axes(fn, layer_axes)
-  return optax.masked(inner, _checks.checked_mask(mask, name, bind))
+# (adapted update leaves, their params, count) -> the leaves to scale.
+DirectionFn = Callable[[list[jax.Array], list[jax.Array], jax.Array],
+                       list[jax.Array]]
 
 
 def layerwise(ratio_fn: RatioFn, bounds_fn: BoundsFn,
-              policy: _bounds.BoundPolicy | None,
-              layer_axes: _layers.LayerAxes,
+              policy: _bounds.BoundPolicy | None, layer_axes: LayerAxes,
               axis_name: str | tuple[str, ...] | None,
               direction_fn: DirectionFn | None = None,
               ) -> optax.GradientTransformation:
-  """The per-layer step LAMBC and LARC share: ratio, clip, scale.
+  """The per-layer step LAMBC and LARC share: norms, ratio, clip, scale.
 
   ``ratio_fn`` turns the norm vectors into raw ratios, ``bounds_fn`` gives the
-  bounds in force (clamped at 0 here), and each leaf of ``direction_fn``'s
-  output (default: the updates) is scaled by its layers' applied ratios.
+  bounds in force (the policy's, if any, on top; clamped at 0 here), and each
+  leaf of ``direction_fn``'s output (default: the updates) is scaled by its
+  layers' applied ratios. Leaves given as ``optax.MaskedNode`` pass through.
   """
-  plans = _bounds.Plans()
 
-  def bounds_at(count, policy_state, params, slots, dtype):
-    resolve = _bounds.make_resolver(count, params, slots, dtype, plans)
-    lower, upper = bounds_fn(count, policy_state, resolve)
+  def bounds_at(count, policy_state, layers, dtype):
+    resolve = _bounds.resolver(count, layers, dtype)
+    lower, upper = bounds_fn(count, resolve)
     if policy is not None:
       p_lower, upper = policy.bounds(policy_state, count, resolve)
       lower = jnp.maximum(lower, p_lower)
-    zero = jnp.zeros([], dtype)
-    return (jnp.maximum(lower, zero).astype(dtype),
-            jnp.maximum(upper, zero).astype(dtype))
+    return (jnp.maximum(lower, 0).astype(dtype),
+            jnp.maximum(upper, 0).astype(dtype))
 
   def init_fn(params):
-    _checks.check_float_leaves(params)
-    layers, n = _layers.make_slots(params, layer_axes)
-    slots = _layers.flat_slots(layers)
-    dtype = _layers.vector_dtype(jax.tree.leaves(params))
+    leaves = [(k, x) for k, x in _layers.flat_params(params)
+              if not _layers.is_masked(x)]
+    for keys, x in leaves:
+      if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        raise TypeError(
+            f'params leaf {_layers.path_str(keys)!r} has dtype '
+            f'{jnp.result_type(x)}; optax_lambc needs floating-point (or '
+            'complex) leaves. Exclude integer state (e.g. step counters) '
+            'from the optimized tree.')
+    layers, n = _layers.layer_record(
+        params, _layers.resolve_axes(layer_axes, params))
+    dtype = functools.reduce(jnp.promote_types, [
+        _layers.norm_dtype(jnp.result_type(x)) for _, x in leaves],
+                             jnp.dtype(jnp.float32))
     count = jnp.zeros([], jnp.int32)
-    template = jnp.zeros([n], dtype)
-    policy_state = (policy.init(template) if policy is not None
-                    else optax.EmptyState())
-    lower, upper = bounds_at(count, policy_state, params, slots, dtype)
+    policy_state = (optax.EmptyState() if policy is None else
+                    policy.init(jnp.zeros([n], dtype)))
+    lower, upper = bounds_at(count, policy_state, layers, dtype)
     return ScaleByClippedTrustRatioState(
         count=count, raw_ratio=jnp.ones([n], dtype),
         applied_ratio=jnp.ones([n], dtype), lower=lower, upper=upper,
@@ -116,28 +101,36 @@ def layerwise(ratio_fn: RatioFn, bounds_fn: BoundsFn,
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(_checks.NO_PARAMS_MSG)
-    flat_u, treedef = jax.tree.flatten(updates)
+      raise ValueError(_layers.NO_PARAMS_MSG)
+    treedef = jax.tree.structure(updates, is_leaf=_layers.is_masked)
     try:
-      flat_p = treedef.flatten_up_to(params)
+      flat_p = treedef.flatten_up_to(params) if treedef.num_leaves else []
     except (ValueError, TypeError) as e:
       raise ValueError(
           'updates and params must have the same tree structure; got updates '
           f'{treedef} and params {jax.tree.structure(params)}.') from e
-    slots = treedef.flatten_up_to(state.layers)
-    _checks.check_same_shapes(flat_u, flat_p,
-                              lambda: _layers.slot_paths(state.layers))
+    flat_u = treedef.flatten_up_to(updates) if treedef.num_leaves else []
+    for (keys, u), p in zip(_layers.flat_params(updates), flat_p,
+                            strict=True):
+      if not _layers.is_masked(u) and jnp.shape(u) != jnp.shape(p):
+        raise ValueError(
+            f'updates leaf {_layers.path_str(keys)!r} has shape '
+            f'{jnp.shape(u)} but the params leaf has shape {jnp.shape(p)}.')
+    grids = _layers.grids_of(state.layers, treedef)
+    adapted = [i for i, g in enumerate(grids) if g is not None]
+    us, ps, gs = ([seq[i] for i in adapted] for seq in (flat_u, flat_p, grids))
     dtype = state.raw_ratio.dtype
-    w_norm, u_norm = _layers.layer_norms(flat_p, flat_u, slots, dtype,
-                                         axis_name)
-    lower, upper = bounds_at(state.count, state.policy_state, params, slots,
+    w_norm, u_norm = _layers.layer_norms([ps, us], gs, dtype, axis_name)
+    lower, upper = bounds_at(state.count, state.policy_state, state.layers,
                              dtype)
-    raw = ratio_fn(w_norm, u_norm, state.count, params)
-    applied = _layers.clip(raw, lower, upper)
-    directions = (flat_u if direction_fn is None else
-                  direction_fn(flat_u, flat_p, state.count, params))
-    out = [_layers.scale(d, applied, s)
-           for d, s in zip(directions, slots, strict=True)]
+    raw = ratio_fn(w_norm, u_norm, state.count)
+    applied = jnp.minimum(jnp.maximum(raw, lower), upper)  # upper wins
+    directions = us if direction_fn is None else direction_fn(us, ps,
+                                                             state.count)
+    out = list(flat_u)
+    for i, d, offset, g in zip(adapted, directions, _layers.offsets(gs), gs,
+                               strict=True):
+      out[i] = _layers.scale(d, applied, offset, g)
     policy_state = (state.policy_state if policy is None else
                     policy.update(raw, applied, state.policy_state,
                                   state.count))
@@ -149,25 +142,17 @@ def layerwise(ratio_fn: RatioFn, bounds_fn: BoundsFn,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _phi(norm: jax.Array, bounds: tuple[float, float | None] | None
-         ) -> jax.Array:
-  if bounds is None:
-    return norm
-  lo, hi = bounds
-  return jnp.clip(norm, lo, math.inf if hi is None else hi)
-
-
 def scale_by_clipped_trust_ratio(
-    min_trust_ratio: Any = 0.0,
-    max_trust_ratio: Any = 1.0,
+    min_trust_ratio: BoundTree = 0.0,
+    max_trust_ratio: BoundTree | _bounds.BoundPolicy | None = 1.0,
     *,
     trust_coefficient: jax.typing.ArrayLike = 1.0,
     eps: jax.typing.ArrayLike = 0.0,
     weight_norm_bounds: tuple[float, float | None] | None = None,
     mask: optax.MaskOrFn = None,
-    layer_axes: _layers.LayerAxes = None,
+    layer_axes: LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Scales each layer's update by its trust ratio, clipped into bounds.
 
   For each layer with parameter :math:`w` and incoming update :math:`u`:
@@ -191,36 +176,42 @@ def scale_by_clipped_trust_ratio(
   after any direction (Adam, SGD momentum, Lion) and before the learning rate.
 
   A *layer* is a params leaf, or each slice of a stacked leaf (the blocks of a
-  scanned transformer) along its ``layer_axes``.
+  scanned transformer) along its ``layer_axes``. Everything that depends on
+  the params (the layers, masks, a callable ``layer_axes``) is resolved by
+  ``init`` and kept in the state, so one transform serves any number of
+  models.
 
   Args:
-    min_trust_ratio: Lower bound: a number, a schedule of the step count, or a
-      per-layer tree (a tree prefix of the params, matched by key path, of
-      numbers, schedules or arrays of a stacked leaf's layer-axes shape). 0.0
-      means none.
-    max_trust_ratio: Upper bound: ``None`` (none), a number, a schedule, a
-      per-layer tree, or a :class:`optax_lambc.BoundPolicy`, which then sets
-      both bounds (``min_trust_ratio`` only raises its lower bound).
+    min_trust_ratio: Lower bound (:data:`optax_lambc.BoundTree`): a number, a
+      schedule of the step count, or a per-layer tree (a tree prefix of the
+      params, matched by key path, of numbers, schedules or arrays of a
+      stacked leaf's layer-axes shape). 0.0 means none.
+    max_trust_ratio: Upper bound: ``None`` (none), a
+      :data:`optax_lambc.BoundTree`, or a :class:`optax_lambc.BoundPolicy`,
+      which then sets both bounds (``min_trust_ratio`` only raises its lower
+      bound).
     trust_coefficient: The multiplier :math:`c` of the ratio (> 0).
     eps: Added to :math:`\lVert u\rVert` in the denominator.
     weight_norm_bounds: ``(lo, hi)`` clamping :math:`\lVert w\rVert` (``hi``
       may be None), or None for no clamp.
-    mask: A bool tree (prefix of the params) or a callable returning one;
-      False leaves pass through unscaled (applied with ``optax.masked``). A
+    mask: A bool tree (prefix of the params) or a callable returning one,
+      resolved once by ``init``; False leaves pass through unscaled. A
       callable that takes a ``layer_axes`` keyword, such as
       :func:`optax_lambc.exclude_bias_and_norm`, is given this transform's.
-    layer_axes: Which axes of each leaf index stacked layers: a tree prefix of
-      the params, or a callable params -> such a tree (e.g.
-      :func:`optax_lambc.layer_axes_from_flax`), whose leaves are ``None`` (the
-      whole leaf is one layer, the default), an int or a tuple of ints.
+    layer_axes: Which axes of each leaf index stacked layers
+      (:data:`optax_lambc.LayerAxes`): a tree prefix of the params, or a
+      callable params -> such a tree (e.g.
+      :func:`optax_lambc.layer_axes_from_flax`) that ``init`` calls on what
+      it is given; leaves are ``None`` (the whole leaf is one layer, the
+      default), an int or a tuple of ints (NumPy ints too).
     axis_name: Mapped axis name(s) over which params are sharded by hand
       (``shard_map``), so that norms are global. Leave None under ``jax.jit``
       with shardings (XLA reduces across devices itself).
 
   Returns:
-    An ``optax.GradientTransformation`` whose state is a
-    :class:`ScaleByClippedTrustRatioState` (inside an ``optax.MaskedState``
-    when ``mask`` is given).
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`ScaleByClippedTrustRatioState` (inside a
+    :class:`optax_lambc.FixedMaskState` when ``mask`` is given).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -253,43 +244,41 @@ def scale_by_clipped_trust_ratio(
     You et al., `Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes <https://arxiv.org/abs/1904.00962>`_, ICLR 2020.
   """
-  if isinstance(min_trust_ratio, _bounds.BoundPolicy):
+  if isinstance(min_trust_ratio, _bounds.BoundPolicy) or (
+      min_trust_ratio is None):
     raise ValueError(
-        f'`min_trust_ratio` got the bound policy {min_trust_ratio.name}; pass '
-        'policies as `max_trust_ratio`: a policy sets both bounds, and '
-        '`min_trust_ratio` then only raises its lower bound.')
-  if min_trust_ratio is None:
-    raise ValueError('`min_trust_ratio` must not be None; use 0.0 for no '
-                     'lower bound.')
+        f'`min_trust_ratio` must be a bound, got {min_trust_ratio!r}: use 0.0 '
+        'for no lower bound, and pass a policy as `max_trust_ratio` (it sets '
+        'both bounds; `min_trust_ratio` then only raises its lower bound).')
   _bounds.check_bound('min_trust_ratio', min_trust_ratio)
   _bounds.check_bound('max_trust_ratio', max_trust_ratio)
   _bounds.check_bound_order(min_trust_ratio, max_trust_ratio)
-  _checks.check_positive('trust_coefficient', trust_coefficient)
-  _checks.check_number('eps', eps)
-  if weight_norm_bounds is not None:
-    lo, hi = weight_norm_bounds
-    _checks.check_number('weight_norm_bounds[0]', lo)
-    if hi is not None:
-      _checks.check_number('weight_norm_bounds[1]', hi)
-      _bounds.check_bound_order(lo, hi, 'weight_norm_bounds[0]',
-                                'weight_norm_bounds[1]')
+  _layers.check_number('trust_coefficient', trust_coefficient, positive=True)
+  _layers.check_number('eps', eps)
+  lo, hi = weight_norm_bounds or (0.0, None)
+  _layers.check_number('weight_norm_bounds[0]', lo)
+  if hi is not None:
+    _layers.check_number('weight_norm_bounds[1]', hi)
+    _bounds.check_bound_order(lo, hi, 'weight_norm_bounds[0]',
+                              'weight_norm_bounds[1]')
   policy = (max_trust_ratio if isinstance(max_trust_ratio,
                                           _bounds.BoundPolicy) else None)
 
-  def ratio_fn(w_norm, u_norm, count, params):
-    del count, params
-    num = trust_coefficient * _phi(w_norm, weight_norm_bounds)
-    return _layers.ratio(num, u_norm + eps, w_norm, u_norm)
+  def ratio_fn(w_norm, u_norm, count):
+    del count
+    phi = w_norm if weight_norm_bounds is None else jnp.clip(
+        w_norm, lo, math.inf if hi is None else hi)
+    return _layers.ratio(trust_coefficient * phi, u_norm + eps, w_norm,
+                         u_norm)
 
-  def bounds_fn(count, policy_state, resolve):
-    del count, policy_state
-    lower = resolve(min_trust_ratio, 0.0, 'min_trust_ratio')
-    upper = (None if policy is not None else
-             resolve(max_trust_ratio, math.inf, 'max_trust_ratio'))
-    return lower, upper
+  def bounds_fn(count, resolve):
+    del count
+    return (resolve(min_trust_ratio, 0.0, 'min_trust_ratio'),
+            None if policy is not None else
+            resolve(max_trust_ratio, math.inf, 'max_trust_ratio'))
 
-  inner = layerwise(ratio_fn, bounds_fn, policy, layer_axes, axis_name)
-  return masked(inner, mask, 'mask', layer_axes)
+  return _layers.masked(layerwise(ratio_fn, bounds_fn, policy, layer_axes,
+                                  axis_name), mask, 'mask', layer_axes)
 
 
 def scale_by_uncorrected_adam(
@@ -352,10 +341,10 @@ def lambc(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: optax.MaskOrFn = None,
     *,
-    min_trust_ratio: Any = 0.0,
-    max_trust_ratio: Any = 1.0,
+    min_trust_ratio: BoundTree = 0.0,
+    max_trust_ratio: BoundTree | _bounds.BoundPolicy | None = 1.0,
     trust_ratio_mask: optax.MaskOrFn = None,
-    layer_axes: _layers.LayerAxes = None,
+    layer_axes: LayerAxes = None,
     bias_correction: bool = True,
     trust_coefficient: jax.typing.ArrayLike = 1.0,
     weight_norm_bounds: tuple[float, float | None] | None = None,
@@ -375,14 +364,15 @@ def lambc(
   It is ``optax.chain(scale_by_adam, add_decayed_weights,``
   :func:`scale_by_clipped_trust_ratio` ``, scale_by_learning_rate)``, so it
   composes with every optax wrapper and its state is a plain chain state.
-  With ``max_trust_ratio=None`` it computes what ``optax.lamb`` computes; the
-  norms are summed in another order, so updates agree to float rounding
-  (tested to rtol 1e-6 in float32), not bit for bit.
+  With ``max_trust_ratio=None`` it computes what ``optax.lamb`` computes, to
+  float rounding (the norms are summed in another order; tested to rtol 1e-6
+  in float32).
 
   The positional arguments are exactly ``optax.lamb``'s, in its order and
   with its meaning (``mask`` is the weight-decay mask); everything LAMBC adds
   is keyword-only, so a call written for ``optax.lamb`` means the same thing
-  here, with the clip at the paper's recommended 1.0.
+  here, with the clip at the paper's recommended 1.0. Masks and a callable
+  ``layer_axes`` are resolved once, by ``init``.
 
   Args:
     learning_rate: A number or an optax schedule.
@@ -438,27 +428,24 @@ def lambc(
     You et al., `Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes <https://arxiv.org/abs/1904.00962>`_, ICLR 2020.
   """
-  _checks.check_number('b1', b1, upper=1.0)
-  _checks.check_number('b2', b2, upper=1.0)
+  for name, value in (('b1', b1), ('b2', b2)):
+    _layers.check_number(name, value, upper=1.0)
   for name, value in (('eps', eps), ('eps_root', eps_root),
                       ('weight_decay', weight_decay),
                       ('learning_rate', learning_rate)):
-    _checks.check_number(name, value)
-  if bias_correction:
-    direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                                    mu_dtype=mu_dtype)
-  else:
-    direction = scale_by_uncorrected_adam(b1, b2, eps, eps_root, mu_dtype)
-  wd_mask = None if mask is None else _checks.checked_mask(
-      mask, 'mask', lambda fn: bind_layer_axes(fn, layer_axes))
+    _layers.check_number(name, value)
+  direction = (optax.scale_by_adam if bias_correction else
+               scale_by_uncorrected_adam)(b1, b2, eps, eps_root,
+                                          mu_dtype=mu_dtype)
   return optax.chain(
       direction,
-      optax.add_decayed_weights(weight_decay, wd_mask),
-      masked(scale_by_clipped_trust_ratio(
+      _layers.masked(optax.add_decayed_weights(weight_decay), mask, 'mask',
+                     layer_axes),
+      _layers.masked(scale_by_clipped_trust_ratio(
           min_trust_ratio, max_trust_ratio,
           trust_coefficient=trust_coefficient,
           weight_norm_bounds=weight_norm_bounds, layer_axes=layer_axes,
           axis_name=axis_name), trust_ratio_mask, 'trust_ratio_mask',
-             layer_axes),
+                     layer_axes),
       optax.scale_by_learning_rate(learning_rate),
   )

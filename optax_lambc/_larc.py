@@ -1,19 +1,59 @@
 """LARC: LARS whose local learning rate is clipped at the global one."""
 
+import functools
 import math
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from optax_lambc import _checks
 from optax_lambc import _lambc
 from optax_lambc import _layers
+from optax_lambc._layers import LayerAxes
 
 
 def _value(x: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
   return x(count) if callable(x) else x
+
+
+def _core(learning_rate, weight_decay, trust_coefficient, eps, clip, decayed,
+          layer_axes, axis_name) -> optax.GradientTransformation:
+  """LARC's per-layer scaling of layers that are (``decayed``) or are not
+  decayed: ``s (g + lambda w)`` or ``s g``."""
+
+  def ratio_fn(w_norm, g_norm, count):
+    lam = _value(weight_decay, count) if decayed else 0.0
+    local = _layers.ratio(trust_coefficient * w_norm,
+                          g_norm + lam * w_norm + eps, w_norm, g_norm)
+    return (local / _value(learning_rate, count) if clip else local).astype(
+        w_norm.dtype)
+
+  def bounds_fn(count, resolve):
+    del count
+    return resolve(0.0, 0.0), resolve(1.0 if clip else math.inf, 0.0)
+
+  def direction_fn(grads, weights, count):
+    wd = _value(weight_decay, count)
+    return [g + wd * p for g, p in zip(grads, weights, strict=True)]
+
+  return _lambc.layerwise(ratio_fn, bounds_fn, None, layer_axes, axis_name,
+                          direction_fn if decayed else None)
+
+
+def _both(adapt: optax.MaskOrFn, decay: optax.MaskOrFn, want: tuple[bool,
+                                                                     bool],
+          layer_axes: LayerAxes):
+  """The mask of the leaves whose (adapted, decayed) flags equal ``want``."""
+
+  def mask(params):
+    flags = [_layers.mask_flags(m, params, name, layer_axes) if m is not None
+             else [True] * len(_layers.flat_params(params))
+             for m, name in ((adapt, 'trust_ratio_mask'),
+                             (decay, 'weight_decay_mask'))]
+    return jax.tree.unflatten(
+        jax.tree.structure(params, is_leaf=_layers.is_masked),
+        [(a, d) == want for a, d in zip(*flags, strict=True)])
+
+  return mask
 
 
 def scale_by_larc_trust_ratio(
@@ -25,9 +65,9 @@ def scale_by_larc_trust_ratio(
     clip: bool = True,
     weight_decay_mask: optax.MaskOrFn = None,
     trust_ratio_mask: optax.MaskOrFn = None,
-    layer_axes: _layers.LayerAxes = None,
+    layer_axes: LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Adds weight decay, then scales each layer by LARC's local rate.
 
   Per adapted layer (a leaf, or a slice of a stacked leaf, see
@@ -43,9 +83,10 @@ def scale_by_larc_trust_ratio(
   rate :math:`\eta_t`, the effective per-layer rate is
   :math:`\min(\ell, \eta_t)` with clipping and :math:`\eta_t\ell` without:
   apex ``LARC`` and timm ``Lars(trust_clip=True)``. Layers outside
-  ``trust_ratio_mask`` get :math:`u = g + \lambda w` (:math:`s = 1`; the mask is
-  applied with ``optax.masked``). The state is a
-  :class:`optax_lambc.ScaleByClippedTrustRatioState` whose raw ratio is
+  ``trust_ratio_mask`` get :math:`u = g + \lambda w` (:math:`s = 1`). Both
+  masks are resolved once, by ``init``. The state holds a
+  :class:`optax_lambc.ScaleByClippedTrustRatioState` (two, one for decayed
+  and one for undecayed layers, when a mask is given) whose raw ratio is
   :math:`\ell/\eta_t` (clip) or :math:`\ell` and whose applied ratio is
   :math:`s`, so :func:`optax_lambc.trust_ratio_stats` reads it.
 
@@ -63,7 +104,7 @@ def scale_by_larc_trust_ratio(
     axis_name: Mapped axis name(s) for manually sharded params.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -74,66 +115,24 @@ def scale_by_larc_trust_ratio(
     >>> print(s.raw_ratio.round(3), s.applied_ratio)  # local 0.2, global 0.1
     [2.] [1.]
   """
-  _checks.check_number('learning_rate', learning_rate)
-  _checks.check_number('weight_decay', weight_decay)
-  _checks.check_positive('trust_coefficient', trust_coefficient)
-  _checks.check_number('eps', eps)
-  bind = lambda fn: _lambc.bind_layer_axes(fn, layer_axes)
-  decay_mask = _checks.checked_mask(
-      (lambda tree: True) if weight_decay_mask is None else weight_decay_mask,
-      'weight_decay_mask', bind)
-  flags_cache = {}
-
-  def decay_flags(params):
-    """Per-leaf decay flags and their per-layer 0/1 vector, once per tree."""
-    key = jax.tree.structure(params, is_leaf=_checks.is_masked)
-    if key not in flags_cache:
-      leaves = [m for m, p in zip(
-          jax.tree.leaves(decay_mask(params)),
-          jax.tree.leaves(params, is_leaf=_checks.is_masked), strict=True)
-                if not _checks.is_masked(p)]
-      slots, _ = _layers.make_slots(params, layer_axes)
-      flat = _layers.flat_slots(slots)
-      vector = np.concatenate([np.full(s.size, float(m)) for m, s in
-                               zip(leaves, flat, strict=True)] or [[]])
-      flags_cache[key] = (leaves, vector)
-    return flags_cache[key]
-
-  def ratio_fn(w_norm, g_norm, count, params):
-    lam = _value(weight_decay, count) * jnp.asarray(
-        decay_flags(params)[1], w_norm.dtype)
-    local = _layers.ratio(trust_coefficient * w_norm,
-                          g_norm + lam * w_norm + eps, w_norm, g_norm)
-    return (local / _value(learning_rate, count) if clip else local).astype(
-        w_norm.dtype)
-
-  def bounds_fn(count, policy_state, resolve):
-    del count, policy_state
-    return resolve(0.0, 0.0), resolve(1.0 if clip else math.inf, 0.0)
-
-  def direction_fn(grads, weights, count, params):
-    wd = _value(weight_decay, count)
-    return [g + wd * p if m else g for g, p, m in
-            zip(grads, weights, decay_flags(params)[0], strict=True)]
-
-  inner = _lambc.layerwise(ratio_fn, bounds_fn, None, layer_axes, axis_name,
-                           direction_fn)
-
-  def init_fn(params):
-    decay_flags(params)  # checks weight_decay_mask against the params
-    return inner.init(params)
-
-  core = _lambc.masked(optax.GradientTransformation(init_fn, inner.update),
-                       trust_ratio_mask, 'trust_ratio_mask', layer_axes)
-  if trust_ratio_mask is None:
-    return core
-  # optax.masked passes the layers outside the trust-ratio mask through as
-  # raw gradients; they still get their weight decay here.
-  adapt = _checks.checked_mask(trust_ratio_mask, 'trust_ratio_mask', bind)
-  others = lambda tree: jax.tree.map(lambda a, d: (not a) and d, adapt(tree),
-                                     decay_mask(tree))
-  return optax.chain(core, optax.masked(
-      optax.add_decayed_weights(weight_decay), others))
+  for name, value in (('learning_rate', learning_rate),
+                      ('weight_decay', weight_decay), ('eps', eps)):
+    _layers.check_number(name, value)
+  _layers.check_number('trust_coefficient', trust_coefficient, positive=True)
+  core = functools.partial(_core, learning_rate, weight_decay,
+                           trust_coefficient, eps, clip,
+                           layer_axes=layer_axes, axis_name=axis_name)
+  if weight_decay_mask is None and trust_ratio_mask is None:
+    return optax.with_extra_args_support(core(decayed=True))
+  # Three disjoint sets of leaves: adapted and decayed, adapted only, and
+  # decayed only (outside the trust-ratio mask: plain weight decay).
+  pick = lambda *want: _both(trust_ratio_mask, weight_decay_mask, want,
+                             layer_axes)
+  return optax.chain(
+      _layers.masked(core(decayed=True), pick(True, True), 'mask'),
+      _layers.masked(core(decayed=False), pick(True, False), 'mask'),
+      _layers.masked(optax.add_decayed_weights(weight_decay),
+                     pick(False, True), 'mask'))
 
 
 def larc(
@@ -147,7 +146,7 @@ def larc(
     nesterov: bool = False,
     *,
     clip: bool = True,
-    layer_axes: _layers.LayerAxes = None,
+    layer_axes: LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARC: momentum SGD with LARS local rates clipped at the global rate.
@@ -208,7 +207,7 @@ def larc(
 
     NVIDIA apex, ``apex.parallel.LARC``.
   """
-  _checks.check_number('momentum', momentum, upper=1.0)
+  _layers.check_number('momentum', momentum, upper=1.0)
   return optax.chain(
       scale_by_larc_trust_ratio(
           learning_rate, weight_decay, trust_coefficient, eps, clip=clip,

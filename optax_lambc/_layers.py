@@ -1,165 +1,243 @@
-"""What a "layer" is, and the vectorised per-layer step (private).
+"""Layers, per-layer trees, masks and norms: what the transforms share.
 
-A layer is a params leaf, or, for a *stacked* leaf (the L blocks of a scanned
-transformer kept in one array), each slice along its ``layer_axes``: a tree
-prefix of the params (or a callable params -> such a tree) whose leaves are
-``None`` (the whole leaf is one layer), an int or a tuple of ints (negative
-axes count from the end).
+A *layer* is a params leaf, or each slice of a *stacked* leaf (the blocks of
+a scanned transformer kept in one array) along its ``layer_axes``. Everything
+a transform needs to know about the model is decided in ``init`` and kept in
+its state; the transform object holds only its hyper-parameters:
 
-All layers of a transform are numbered once, in ``jax.tree.leaves`` order and
-then C order over each leaf's layer axes, and every per-layer quantity (norms,
-ratios, bounds, policy statistics) is one vector over that numbering. The
-step therefore reads each leaf once for both squared norms (partial sums over
-all but its first non-layer axis), adds the partials of every layer with one
-segment sum, computes and clips every ratio in one vectorised expression, and
-scales each leaf by its entries: about two kernels per leaf on accelerators
-and no per-layer scalars in the state. Where each leaf's layers sit in the
-vectors is kept in the state as a params-shaped tree of static
-:class:`LayerSlot` nodes (no arrays, so they cost nothing in a jitted step).
+* ``layers``, a params-shaped tree: for each adapted leaf an ``int32`` array
+  shaped like the leaf with every non-layer axis set to 1 (its *layer grid*),
+  holding the index of each of its layers in the per-layer vectors;
+  ``optax.MaskedNode`` where the leaf is not adapted. Its shapes are static
+  under ``jit``, so ``update`` reads the layer axes off them, and its paths
+  name the layers in the telemetry.
+* the per-layer vectors (ratios and bounds), one entry per layer in
+  ``jax.tree.leaves`` order, C order within a stacked leaf.
+* a mask, once resolved, as :class:`FixedMaskState`'s tree of ``None``
+  (applies) and ``optax.MaskedNode`` (does not): structure only.
 
-Rules every layer follows:
+A callable ``layer_axes`` or mask is therefore called once, by ``init``, on
+what ``init`` is given (Flax variables with their metadata, say), and never
+on the plain arrays ``update`` sees.
 
-* the ratio is 1 where the weight or the update norm is 0 (a fresh
-  zero-initialised layer still moves) and NaN where the update norm is not
-  finite (nothing is silently zeroed);
-* norms are taken in float32 at least (float64 stays float64); the scaled
-  update keeps its leaf's dtype;
-* gradients through norms are finite (0) at zero norms.
+The per-layer step reads each leaf once for both squared norms, sums each
+leaf's squares down to its layers (one reduction per leaf, so that a leaf
+sharded across chips gives per-layer partial sums that XLA adds with one
+combined all-reduce, never an all-gather), computes and clips every ratio in
+one vectorised expression, and scales each leaf by its entries.
+
+Rules every layer follows: the ratio is 1 where the weight or the update
+norm is 0 (a fresh zero-initialised layer still moves) and NaN where the
+update norm is not finite (nothing is silently zeroed); norms are taken in
+float32 at least (float64 stays float64), the scaled update keeps its leaf's
+dtype; gradients through norms are finite (0) at zero norms.
 """
 
-import dataclasses
-import functools
+import inspect
 import math
-from collections.abc import Callable
-from typing import Any
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeAlias, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_lambc import _checks
+Axes: TypeAlias = int | tuple[int, ...] | None
+"""One leaf's layer axes: None (the leaf is one layer), an axis or axes."""
+LayerAxesTree: TypeAlias = Union[Axes, Mapping[Any, 'LayerAxesTree']]
+"""Per-leaf :data:`Axes`, as a tree prefix of the params (by key path)."""
+LayerAxes: TypeAlias = Union[LayerAxesTree,
+                             Callable[[optax.Params], LayerAxesTree]]
+"""A :data:`LayerAxesTree`, or a callable params -> one, called by init."""
+Bound: TypeAlias = Union[float, jax.typing.ArrayLike, optax.Schedule]
+"""A bound for a group of layers: a number, a schedule of the step count,
+or an array of a stacked leaf's layer-axes shape (one bound per slice)."""
+BoundTree: TypeAlias = Union[Bound, Mapping[Any, 'BoundTree']]
+"""A :data:`Bound`, or a per-layer tree of them (a tree prefix of the
+params, matched by key path)."""
 
-# None, an int or a tuple of ints per leaf: a tree prefix of the params, or a
-# callable params -> such a tree.
-Axes = int | tuple[int, ...] | None
-LayerAxes = Axes | Any | Callable[[optax.Params], Any]
+NO_PARAMS_MSG = (  # optax's own wording
+    'You are using a transformation that requires the current value of '
+    'parameters, but you are not passing `params` when calling `update`.')
+
+# --- Paths and per-layer trees ----------------------------------------------
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class LayerSlot:
-  """Where one params leaf's layers sit in the per-layer vectors.
+def _key(k: Any) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
 
-  Attributes:
-    offset: Index of the leaf's first layer.
-    shape: The sizes of its layer axes (``()`` for a leaf that is one layer).
-    axes: Its layer axes, sorted and non-negative.
+
+def path_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
+  """A key path as strings, without an ``nnx.Variable``'s ``.value`` step
+  (so ``nnx.State`` paths equal plain-dict paths)."""
+  keys = tuple(map(_key, path))
+  last = path[-1] if path else None
+  drop = isinstance(last, jax.tree_util.GetAttrKey) and last.name == 'value'
+  return keys[:-1] if drop else keys
+
+
+def path_str(keys: tuple[str, ...]) -> str:
+  return '/'.join(keys) or '<root>'
+
+
+def is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def flat_params(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
+  """``(path keys, leaf)`` of every leaf, ``optax.MaskedNode`` included."""
+  return [(path_keys(p), x) for p, x in
+          jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_masked)[0]]
+
+
+def per_leaf(spec: Any, params: Any, name: str,
+             is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
+  """The entry of a per-layer tree ``spec`` for each unmasked params leaf.
+
+  The longest entry path that is a prefix of a leaf's path applies to it, so
+  one nested dict describes a dict, a ``FrozenDict`` or an ``nnx.State``.
+  Masked-out leaves (``optax.MaskedNode``, in ``optax.masked`` views) count
+  as paths but need no entry; a tree with no leaves accepts any spec.
+
+  Raises:
+    ValueError: naming ``name`` and a path, for an entry that matches no
+      params path (with a leaf that no entry covers, as a hint) and for a
+      leaf that no entry covers.
   """
+  entries = {path_keys(p): v for p, v in
+             jax.tree_util.tree_flatten_with_path(spec, is_leaf=is_leaf)[0]}
+  flat = flat_params(params)
+  match = lambda keys: next((keys[:n] for n in range(len(keys), -1, -1)
+                             if keys[:n] in entries), None)
+  known = {k[:n] for k, _ in flat for n in range(len(k) + 1)}
+  masked = [k for k, x in flat if is_masked(x)]
+  uncovered = [k for k, x in flat if not is_masked(x) and match(k) is None]
+  typos = [k for k in entries if flat and k not in known and
+           not any(k[:len(m)] == m for m in masked)]
+  if typos:
+    some = [path_str(k) for k, _ in flat[:3]]
+    hint = (f'; no entry covers {path_str(uncovered[0])!r}' if uncovered
+            else f'; params paths look like {some}')
+    raise ValueError(f'`{name}` entry {path_str(typos[0])!r} matches no '
+                     f'params leaf (a typo?){hint}.')
+  if uncovered:
+    raise ValueError(f'`{name}` has no entry for the params leaf '
+                     f'{path_str(uncovered[0])!r}; it must be a tree prefix '
+                     'of the params (matched by key path).')
+  return [entries[match(k)] for k, x in flat if not is_masked(x)]
 
-  offset: int
-  shape: tuple[int, ...]
-  axes: tuple[int, ...]
 
-  @property
-  def size(self) -> int:
-    return math.prod(self.shape)
+def check_number(name: str, value: Any, *, upper: float | None = None,
+                 positive: bool = False) -> None:
+  """Checks a hyper-parameter given as a Python or NumPy number at build time:
+  real, not NaN, ``>= 0`` (``> 0`` if ``positive``), ``< upper``. JAX arrays,
+  tracers and schedules follow the run-time rules instead.
+
+  Raises:
+    TypeError: for a bool, a string or a complex number, naming ``name``.
+    ValueError: for a NaN or out-of-range number, naming ``name``.
+  """
+  if isinstance(value, (bool, np.bool_, str, bytes, complex)) or (
+      np.dtype(getattr(value, 'dtype', float)) == np.bool_):
+    kind = 'string' if isinstance(value, (str, bytes)) else (
+        'complex number' if isinstance(value, complex) else 'bool')
+    raise TypeError(f'`{name}` must be a number, got the {kind} {value!r}.')
+  if not (isinstance(value, (numbers.Number, np.generic)) or (
+      isinstance(value, np.ndarray) and value.ndim == 0)):
+    return
+  if np.iscomplexobj(value):
+    raise TypeError(f'`{name}` must be a real number, got {value!r}.')
+  x = float(value)
+  if math.isnan(x) or x < 0 or (positive and x == 0) or (
+      upper is not None and x >= upper):
+    rule = ('> 0' if positive else '>= 0') + (
+        f' and < {upper}' if upper is not None else '') + ', not NaN'
+    raise ValueError(f'`{name}` must be {rule}; got {value!r}.')
 
 
-def is_slot(x: Any) -> bool:
-  return isinstance(x, (LayerSlot, optax.MaskedNode))
+# --- Layers -----------------------------------------------------------------
 
 
 def _is_axes(x: Any) -> bool:
-  return x is None or isinstance(x, int) or (
-      isinstance(x, tuple) and all(isinstance(i, int) for i in x))
+  ints = (int, np.integer)
+  return x is None or isinstance(x, ints) or (
+      isinstance(x, tuple) and all(isinstance(i, ints) for i in x))
 
 
-def normalize_axes(axes: Axes, ndim: int, where: str = '') -> tuple[int, ...]:
-  """Sorted non-negative layer axes of a leaf of rank ``ndim``.
-
-  Raises:
-    ValueError: naming ``layer_axes`` and ``where`` for an axis out of range,
-      a repeated axis, or a non-int.
-  """
-  if axes is None:
-    return ()
-  seq = (axes,) if isinstance(axes, (int, np.integer)) else axes
+def normalize_axes(axes: Any, ndim: int, where: str = '') -> tuple[int, ...]:
+  """Sorted non-negative layer axes (Python or NumPy ints) of a rank-``ndim``
+  leaf; ``ValueError`` naming ``where`` for anything else."""
+  seq = () if axes is None else (axes,) if not isinstance(axes, tuple) \
+      else axes
   at = f' at {where!r}' if where else ''
-  if not isinstance(seq, tuple) or any(
-      isinstance(a, bool) or not isinstance(a, (int, np.integer))
-      for a in seq):
+  if not _is_axes(axes) or any(isinstance(a, (bool, np.bool_)) for a in seq):
     raise ValueError(f'`layer_axes`{at} must be None, an int or a tuple of '
                      f'ints; got {axes!r}.')
-  out = []
-  for a in seq:
-    if not -ndim <= a < ndim:
-      raise ValueError(f'`layer_axes`{at}: axis {a} is out of range for a '
-                       f'leaf of rank {ndim}.')
-    out.append(int(a) % ndim)
+  if any(not -ndim <= a < ndim for a in seq):
+    raise ValueError(f'`layer_axes`{at}: axis out of range in {axes!r} for '
+                     f'a leaf of rank {ndim}.')
+  out = sorted(int(a) % ndim for a in seq)
   if len(set(out)) != len(out):
     raise ValueError(f'`layer_axes`{at} repeats an axis: {axes!r}.')
-  return tuple(sorted(out))
+  return tuple(out)
 
 
 def resolve_axes(layer_axes: LayerAxes, params: optax.Params
-                 ) -> list[tuple[int, ...]]:
-  """Sorted layer axes for every (unmasked) leaf of ``params``."""
+                 ) -> list[tuple[int, ...] | None]:
+  """Per leaf (``optax.MaskedNode`` included: None), its sorted layer axes;
+  a callable ``layer_axes`` is called on ``params`` here."""
   spec = layer_axes(params) if callable(layer_axes) else layer_axes
-  values = _checks.per_leaf(spec, params, 'layer_axes', is_leaf=_is_axes)
-  leaves = [(k, p) for k, p in _checks.flatten_params(params)
-            if not _checks.is_masked(p)]
-  return [normalize_axes(a, jnp.ndim(p), _checks.path_str(k))
-          for a, (k, p) in zip(values, leaves, strict=True)]
+  values = iter(per_leaf(spec, params, 'layer_axes', _is_axes)
+                if spec is not None else [])
+  return [None if is_masked(x) else () if spec is None else
+          normalize_axes(next(values), jnp.ndim(x), path_str(k))
+          for k, x in flat_params(params)]
 
 
-def make_slots(params: optax.Params, layer_axes: LayerAxes
-               ) -> tuple[Any, int]:
-  """A params-shaped tree of :class:`LayerSlot`, and the number of layers."""
-  axes = iter(resolve_axes(layer_axes, params))
-  flat, treedef = jax.tree.flatten(params, is_leaf=_checks.is_masked)
-  slots, offset = [], 0
-  for p in flat:
-    if _checks.is_masked(p):
-      slots.append(p)
+def layer_record(params: optax.Params, axes: list[tuple[int, ...] | None]
+                 ) -> tuple[Any, int]:
+  """The state's ``layers`` tree (see the module docstring) and the number
+  of layers. A tree with no leaves (``optax.tree.map_params``'s placeholder)
+  gets an empty vector, which is no params-shaped tree."""
+  flat, treedef = jax.tree.flatten(params, is_leaf=is_masked)
+  grids, offset = [], 0
+  for x, ax in zip(flat, axes, strict=True):
+    if ax is None:
+      grids.append(optax.MaskedNode())
       continue
-    ax = next(axes)
-    slot = LayerSlot(offset, tuple(jnp.shape(p)[a] for a in ax), ax)
-    slots.append(slot)
-    offset += slot.size
-  return jax.tree.unflatten(treedef, slots), offset
+    shape = [d if i in ax else 1 for i, d in enumerate(jnp.shape(x))]
+    size = math.prod(shape)
+    grids.append(jnp.arange(offset, offset + size, dtype=jnp.int32
+                            ).reshape(shape))
+    offset += size
+  if not flat:
+    return jnp.zeros([0], jnp.int32), 0
+  return jax.tree.unflatten(treedef, grids), offset
 
 
-def flat_slots(slots: Any) -> list[LayerSlot]:
-  """The :class:`LayerSlot` of every unmasked leaf, in leaf order."""
-  return [s for s in jax.tree.leaves(slots, is_leaf=is_slot)
-          if isinstance(s, LayerSlot)]
-
-
-def slot_paths(slots: Any) -> list[str]:
-  """The parameter path of every unmasked leaf, in leaf order."""
-  flat = jax.tree_util.tree_flatten_with_path(slots, is_leaf=is_slot)[0]
-  return [_checks.path_str(p) for p, s in flat if isinstance(s, LayerSlot)]
+def grids_of(layers: Any, treedef: Any) -> list[jax.Array | None]:
+  """The layer grid of each leaf of ``treedef`` (None: not adapted)."""
+  if not treedef.num_leaves:
+    return []
+  return [None if is_masked(g) else g for g in treedef.flatten_up_to(layers)]
 
 
 def norm_dtype(dtype: jax.typing.DTypeLike) -> jnp.dtype:
-  """Norms of bf16/fp16 leaves are taken in float32; float64 stays float64."""
+  """bf16/fp16 norms are taken in float32; float64 stays float64."""
   dtype = jnp.dtype(dtype)
   if jnp.issubdtype(dtype, jnp.complexfloating):
     dtype = jnp.finfo(dtype).dtype
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def vector_dtype(leaves: list[Any]) -> jnp.dtype:
-  """The dtype of a transform's per-layer vectors: the widest norm dtype."""
-  return functools.reduce(jnp.promote_types,
-                          [norm_dtype(jnp.result_type(p)) for p in leaves],
-                          jnp.dtype(jnp.float32))
-
-
 @jax.custom_jvp
 def safe_sqrt(x: jax.Array) -> jax.Array:
-  """``sqrt`` whose derivative at 0 is 0 rather than inf (a norm's gradient)."""
+  """``sqrt`` whose derivative at 0 is 0, not inf (a norm's gradient)."""
   return jnp.sqrt(x)
 
 
@@ -171,90 +249,184 @@ def _safe_sqrt_jvp(primals, tangents):
   return y, jnp.where(zero, 0, dx / (2 * jnp.where(zero, 1, y)))
 
 
-def _partial_sums(x: jax.Array, axes: tuple[int, ...], dtype: jnp.dtype
-                  ) -> jax.Array:
-  """Squared magnitudes summed over all axes but the layer axes and one more.
-
-  Returns ``(n_layers, m)`` partial sums: keeping the first non-layer axis
-  makes each leaf one single-pass row reduction on accelerators (a full
-  reduction of a large leaf is split into two kernels) and keeps a sharded
-  leading axis sharded.
-  """
+def squares(x: jax.Array, grid_shape: tuple[int, ...], dtype: jnp.dtype
+            ) -> jax.Array:
+  """Each layer's sum of squared magnitudes, flat in C order: ``x`` summed
+  over the axes where ``grid_shape`` is 1."""
   x = x.astype(jnp.promote_types(x.dtype, dtype))
-  sq = jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
-  sq = sq.astype(dtype)
-  other = [i for i in range(x.ndim) if i not in axes]
-  s = jnp.sum(sq, axis=tuple(other[1:])) if len(other) > 1 else sq
-  kept = sorted(axes + tuple(other[:1]))
-  order = [kept.index(a) for a in axes] + [kept.index(a) for a in other[:1]]
-  s = jnp.transpose(s, order) if order != sorted(order) else s
-  n_layers = math.prod(x.shape[a] for a in axes)
-  return s.reshape(n_layers, -1)
+  sq = (jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
+        ).astype(dtype)
+  axes = tuple(i for i, d in enumerate(grid_shape) if d == 1)
+  return jnp.sum(sq, axis=axes).reshape(-1)
 
 
-def _partials_per_layer(shape: tuple[int, ...], axes: tuple[int, ...]
-                        ) -> int:
-  """The columns of :func:`_partial_sums`: its first non-layer axis."""
-  other = [d for i, d in enumerate(shape) if i not in axes]
-  return other[0] if other else 1
-
-
-def layer_norms(weights: list[jax.Array], updates: list[jax.Array],
-                slots: list[LayerSlot], dtype: jnp.dtype,
-                axis_name: str | tuple[str, ...] | None = None,
-                ) -> tuple[jax.Array, jax.Array]:
-  """``(|w|, |u|)`` of every layer, as two vectors in ``dtype``.
-
-  The partial sums of all weights, and of all updates, are each added up per
-  layer by one segment sum. (Stacking a leaf's two partials first made XLA
-  read BERT's word embedding once more on H100: 10.24 HBM passes instead of
-  10.04, ``benchmarks/accelerator_step.py``.) ``axis_name`` sums the squares
-  across mapped axes (``shard_map``) with one collective for all layers.
-  """
-  n = sum(s.size for s in slots)
-  if n == 0:
-    return jnp.zeros([0], dtype), jnp.zeros([0], dtype)
-  segments = np.concatenate([
-      np.repeat(np.arange(s.offset, s.offset + s.size),
-                _partials_per_layer(jnp.shape(x), s.axes))
-      for x, s in zip(weights, slots, strict=True)])
-
-  def per_layer(leaves):
-    parts = [_partial_sums(x, s.axes, dtype).reshape(-1)
-             for x, s in zip(leaves, slots, strict=True)]
-    return jax.ops.segment_sum(jnp.concatenate(parts), segments,
-                               num_segments=n, indices_are_sorted=True)
-
-  sq = jnp.stack([per_layer(weights), per_layer(updates)])
-  if axis_name is not None:
-    sq = jax.lax.psum(sq, axis_name)
-  norms = safe_sqrt(sq)
-  return norms[0], norms[1]
+def layer_norms(leaves: list[list[jax.Array]], grids: list[jax.Array],
+                dtype: jnp.dtype, axis_name: str | tuple[str, ...] | None
+                ) -> jax.Array:
+  """``(len(leaves), layers)``: every layer's norm of each list of leaves;
+  ``axis_name`` sums the squares across mapped axes with one ``psum``."""
+  if not grids:
+    return jnp.zeros([len(leaves), 0], dtype)
+  sq = jnp.stack([jnp.concatenate([squares(x, g.shape, dtype) for x, g in
+                                   zip(xs, grids, strict=True)])
+                  for xs in leaves])
+  return safe_sqrt(sq if axis_name is None else jax.lax.psum(sq, axis_name))
 
 
 def ratio(numerator: jax.Array, denominator: jax.Array,
           param_norm: jax.Array, update_norm: jax.Array) -> jax.Array:
-  """``numerator / denominator``; 1 at a zero norm, NaN for non-finite ‖u‖."""
+  """``numerator / denominator``; 1 at a zero norm, NaN where ``‖u‖`` is not
+  finite."""
   zero = (param_norm == 0) | (update_norm == 0)
   out = jnp.where(zero, 1, numerator / jnp.where(zero, 1, denominator))
   return jnp.where(jnp.isfinite(update_norm), out, jnp.nan).astype(
       param_norm.dtype)
 
 
-def clip(raw: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-  """``raw`` clipped into ``[lower, upper]``; the upper bound wins where they
-  cross."""
-  return jnp.minimum(jnp.maximum(raw, lower), upper)
+def offsets(grids: list[jax.Array | None]) -> list[int]:
+  """Where each leaf's layers start in the per-layer vectors (static)."""
+  sizes = [0 if g is None else g.size for g in grids]
+  return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
-def scale(u: jax.Array, scales: jax.Array, slot: LayerSlot) -> jax.Array:
-  """``u`` times its layers' entries of ``scales`` (broadcast per slice)."""
-  s = jax.lax.dynamic_slice_in_dim(scales, slot.offset, slot.size) if (
-      slot.size != 1) else scales[slot.offset]
-  if slot.axes:
-    s = s.reshape([u.shape[i] if i in slot.axes else 1
-                   for i in range(u.ndim)])
-  return (u * s.astype(u.dtype)).astype(u.dtype)
+def scale(u: jax.Array, scales: jax.Array, offset: int, grid: jax.Array
+          ) -> jax.Array:
+  """``u`` times its layers' entries of ``scales``, broadcast per slice."""
+  s = jax.lax.slice_in_dim(scales, offset, offset + grid.size)
+  return (u * s.reshape(grid.shape).astype(u.dtype)).astype(u.dtype)
+
+
+# --- Masks --------------------------------------------------------------------
+
+
+class FixedMaskState(NamedTuple):
+  """State of a transform applied to the leaves a mask chose at ``init``."""
+
+  mask: optax.Params
+  """Params-shaped: ``None`` where the inner transform applies,
+  ``optax.MaskedNode`` where it does not (structure only, no arrays)."""
+  inner_state: optax.OptState
+
+
+def _takes_layer_axes(fn: Callable[..., Any]) -> bool:
+  try:
+    return 'layer_axes' in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def mask_flags(mask: optax.MaskOrFn, params: optax.Params, name: str,
+               layer_axes: LayerAxes = None) -> list[bool]:
+  """Per leaf (``optax.MaskedNode`` included: False), whether ``mask``
+  selects it. A callable that takes ``layer_axes`` (such as
+  :func:`exclude_bias_and_norm`) is given them resolved on ``params``."""
+  if callable(mask):
+    kwargs = {}
+    if layer_axes is not None and _takes_layer_axes(mask):
+      treedef = jax.tree.structure(params, is_leaf=is_masked)
+      kwargs['layer_axes'] = jax.tree.unflatten(treedef, [
+          optax.MaskedNode() if a is None else a
+          for a in resolve_axes(layer_axes, params)])
+    mask = mask(params, **kwargs)
+  values = iter(per_leaf(mask, params, name))
+  out = []
+  for keys, leaf in flat_params(params):
+    m = False if is_masked(leaf) else next(values)
+    if not isinstance(m, (bool, np.bool_)):
+      raise TypeError(f'`{name}` at {path_str(keys)!r} must be a Python '
+                      f'bool, got {m!r}.')
+    out.append(bool(m))
+  return out
+
+
+def masked(inner: optax.GradientTransformation, mask: optax.MaskOrFn,
+           name: str, layer_axes: LayerAxes = None
+           ) -> optax.GradientTransformationExtraArgs:
+  """``inner`` on the leaves ``mask`` selects, the others passed through.
+
+  As ``optax.masked`` (``inner`` sees views with ``optax.MaskedNode`` in
+  place of the other leaves), except that the mask is resolved once, by
+  ``init``, and kept in the state (:class:`FixedMaskState`): a callable mask
+  is never re-run on what ``update`` is given.
+  """
+  if mask is None:
+    return optax.with_extra_args_support(inner)
+  inner = optax.with_extra_args_support(inner)
+
+  def view(tree, treedef, keep):
+    return jax.tree.unflatten(treedef, [
+        x if k else optax.MaskedNode()
+        for x, k in zip(treedef.flatten_up_to(tree), keep, strict=True)])
+
+  def init_fn(params):
+    keep = mask_flags(mask, params, name, layer_axes)
+    treedef = jax.tree.structure(params, is_leaf=is_masked)
+    return FixedMaskState(
+        jax.tree.unflatten(treedef, [None if k else optax.MaskedNode()
+                                     for k in keep]),
+        inner.init(view(params, treedef, keep)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    treedef = jax.tree.structure(updates, is_leaf=is_masked)
+    keep = [m is None for m in treedef.flatten_up_to(state.mask)] if (
+        treedef.num_leaves) else []
+    new, inner_state = inner.update(
+        view(updates, treedef, keep), state.inner_state,
+        None if params is None else view(params, treedef, keep), **extra_args)
+    out = [n if k else u for n, u, k in zip(
+        treedef.flatten_up_to(new), treedef.flatten_up_to(updates), keep,
+        strict=True)]
+    return (jax.tree.unflatten(treedef, out),
+            state._replace(inner_state=inner_state))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def exclude_bias_and_norm(params: optax.Params,
+                          layer_axes: LayerAxes = None) -> optax.Params:
+  """True for weight matrices and kernels, False for biases and norm params.
+
+  The usual convention (TF-Addons LAMB, timm, BERT): leaves whose *per-layer*
+  rank is ``<= 1`` (biases, BatchNorm/LayerNorm scales and offsets, scalars)
+  get neither weight decay nor layer-wise adaptation. The per-layer rank of a
+  stacked leaf excludes its layer axes, so a stacked bias of shape ``(L, d)``
+  is still a bias. Pass the function itself as ``mask`` and/or
+  ``trust_ratio_mask``: the optimizers call it once, at ``init``, with their
+  own ``layer_axes`` resolved, so stacked models need nothing more.
+
+  Args:
+    params: The parameter pytree (masked-out leaves, ``optax.MaskedNode``, get
+      False).
+    layer_axes: Axes of stacked layers, as in
+      :func:`optax_lambc.scale_by_clipped_trust_ratio`.
+
+  Returns:
+    A pytree of Python bools shaped like ``params``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_lambc
+    >>> params = {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)}
+    >>> optax_lambc.exclude_bias_and_norm(params)
+    {'bias': False, 'kernel': True}
+    >>> stacked = {'kernel': jnp.ones((6, 3, 4)), 'bias': jnp.zeros((6, 4))}
+    >>> optax_lambc.exclude_bias_and_norm(stacked, layer_axes=0)
+    {'bias': False, 'kernel': True}
+
+    The optimizer passes its ``layer_axes`` to the mask:
+
+    >>> opt = optax_lambc.lambc(
+    ...     1e-3, weight_decay=1e-2, layer_axes=0,
+    ...     mask=optax_lambc.exclude_bias_and_norm,
+    ...     trust_ratio_mask=optax_lambc.exclude_bias_and_norm)
+    >>> state = opt.init(stacked)
+    >>> optax_lambc.trust_ratio_stats(state).names.paths
+    ('kernel',)
+  """
+  flat, treedef = jax.tree.flatten(params, is_leaf=is_masked)
+  return jax.tree.unflatten(treedef, [
+      a is not None and jnp.ndim(x) - len(a) > 1
+      for x, a in zip(flat, resolve_axes(layer_axes, params), strict=True)])
 
 
 def leaf_norm(x: jax.typing.ArrayLike, layer_axes: Axes = None,
@@ -285,6 +457,7 @@ def leaf_norm(x: jax.typing.ArrayLike, layer_axes: Axes = None,
   """
   x = jnp.asarray(x)
   axes = normalize_axes(layer_axes, x.ndim)
-  slot = LayerSlot(0, tuple(x.shape[a] for a in axes), axes)
-  w, _ = layer_norms([x], [x], [slot], norm_dtype(x.dtype), axis_name)
-  return w.reshape(slot.shape)
+  shape = [d if i in axes else 1 for i, d in enumerate(x.shape)]
+  norms = layer_norms([[x]], [jnp.zeros(shape)], norm_dtype(x.dtype),
+                      axis_name)
+  return norms[0].reshape([x.shape[a] for a in axes])

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_lambc import _checks
 from optax_lambc import _layers
 from optax_lambc._lambc import ScaleByClippedTrustRatioState
 
@@ -80,14 +79,12 @@ class TrustRatioStats(NamedTuple):
   @property
   def clipped_lower_fraction(self) -> jax.Array:
     """Fraction of layers raised to the lower bound (0 with no layers)."""
-    n = max(self.values.shape[1], 1)
-    return jnp.sum(self.applied > self.raw) / n
+    return _fractions(self.values, jnp)[0]
 
   @property
   def clipped_upper_fraction(self) -> jax.Array:
     """Fraction of layers cut to the upper bound (0 with no layers)."""
-    n = max(self.values.shape[1], 1)
-    return jnp.sum(self.applied < self.raw) / n
+    return _fractions(self.values, jnp)[1]
 
   def by_path(self, field: str = 'applied'
               ) -> dict[str, np.ndarray | jax.Array]:
@@ -129,12 +126,19 @@ class TrustRatioStats(NamedTuple):
     ``<prefix>/clipped_lower_fraction`` and ``.../clipped_upper_fraction``.
     Call it on the host, on stats a jitted step returned: inside ``jit`` it
     would split the vectors into one scalar output per layer.
+
+    Raises:
+      TypeError: inside a trace (``jit``, ``vmap``, ``grad``), saying so.
     """
+    if isinstance(self.values, jax.core.Tracer):
+      raise TypeError(
+          'TrustRatioStats.as_metrics() is a host call: return the stats '
+          '(one array) from the jitted step and call as_metrics() on the '
+          'result, outside jit.')
     values = np.asarray(self.values)
-    raw, applied = values[0], values[1]
-    n = max(values.shape[1], 1)
-    out = {f'{prefix}/clipped_lower_fraction': float(np.sum(applied > raw) / n),
-           f'{prefix}/clipped_upper_fraction': float(np.sum(applied < raw) / n)}
+    lower, upper = _fractions(values, np)
+    out = {f'{prefix}/clipped_lower_fraction': float(lower),
+           f'{prefix}/clipped_upper_fraction': float(upper)}
     keys = self.names.keys()
     for field, row in zip(_FIELDS, values, strict=True):
       for key, value in zip(keys, row.tolist(), strict=True):
@@ -142,29 +146,44 @@ class TrustRatioStats(NamedTuple):
     return out
 
 
+def _fractions(values: Any, xp: Any) -> tuple[Any, Any]:
+  """Shares of layers raised to the lower and cut to the upper bound (0 with
+  no layers), in NumPy or ``jnp`` (``xp``)."""
+  raw, applied = values[0], values[1]
+  n = max(values.shape[1], 1)
+  return xp.sum(applied > raw) / n, xp.sum(applied < raw) / n
+
+
 def _is_state(x: Any) -> bool:
   return isinstance(x, ScaleByClippedTrustRatioState)
 
 
-def trust_ratio_stats(opt_state: optax.OptState) -> TrustRatioStats:
+def trust_ratio_stats(opt_state: optax.OptState, required: bool = True
+                      ) -> TrustRatioStats:
   """The trust ratios recorded in an optimizer state, named by parameter.
 
   The :class:`optax_lambc.ScaleByClippedTrustRatioState` is found anywhere in
   ``opt_state``: inside ``optax.chain``, ``inject_hyperparams``, ``masked``,
   ``MultiSteps``, ``apply_if_finite``, ``multi_transform`` or an
   ``nnx.Optimizer``. Several are concatenated (a path seen twice gets a
-  ``#i`` suffix). The call only gathers device arrays: return its result from
-  a jitted step and call :meth:`TrustRatioStats.as_metrics` on the host.
+  ``#i`` suffix). The layer names are the parameter paths of each state's
+  ``layers`` record, which ``init`` built from the params it was given. The
+  call only gathers device arrays: return its result from a jitted step and
+  call :meth:`TrustRatioStats.as_metrics` on the host.
 
   Args:
     opt_state: An optimizer state holding one or more clipped trust-ratio
       states.
+    required: If False, a state without one (``optax.lamb``'s, say) gives
+      empty stats (no layers) instead of an error, so one train step serves
+      every optimizer.
 
   Returns:
     A :class:`TrustRatioStats`.
 
   Raises:
-    ValueError: If ``opt_state`` holds no clipped trust-ratio state.
+    ValueError: If ``opt_state`` holds no clipped trust-ratio state and
+      ``required`` is True.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -183,19 +202,23 @@ def trust_ratio_stats(opt_state: optax.OptState) -> TrustRatioStats:
   """
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_state)
             if _is_state(s)]
-  if not states:
+  if not states and required:
     raise ValueError(
         'opt_state contains no ScaleByClippedTrustRatioState; build the '
-        'optimizer with optax_lambc.lambc or scale_by_clipped_trust_ratio.')
+        'optimizer with optax_lambc.lambc or scale_by_clipped_trust_ratio, or '
+        'pass required=False for empty stats.')
   paths, shapes = [], []
   for i, s in enumerate(states):
-    slots = _layers.flat_slots(s.layers)
-    for path, slot in zip(_layers.slot_paths(s.layers), slots, strict=True):
+    for keys, grid in _layers.flat_params(s.layers):
+      if _layers.is_masked(grid) or (not keys and not jnp.size(grid)):
+        continue  # not adapted, or a tree with no leaves
+      path = _layers.path_str(keys)
       paths.append(path if path not in paths else f'{path}#{i}')
-      shapes.append(slot.shape)
+      shapes.append(tuple(d for d in jnp.shape(_array(grid)) if d != 1))
   fields = ('raw_ratio', 'applied_ratio', 'lower', 'upper')
-  values = jnp.concatenate([jnp.stack([_array(getattr(s, f)) for f in fields])
-                            for s in states], axis=1)
+  values = jnp.concatenate([jnp.zeros([4, 0])] + [
+      jnp.stack([_array(getattr(s, f)) for f in fields]) for s in states],
+                           axis=1)
   return TrustRatioStats(values, LayerNames(tuple(paths), tuple(shapes)))
 
 
@@ -221,5 +244,6 @@ def nonfinite_leaves(tree: optax.Updates) -> dict[str, jax.Array]:
     >>> [path for path, b in bad.items() if b]
     ['enc']
   """
-  return {_checks.path_str(path): ~jnp.all(jnp.isfinite(leaf))
+  return {_layers.path_str(_layers.path_keys(path)):
+          ~jnp.all(jnp.isfinite(leaf))
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

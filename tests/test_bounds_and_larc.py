@@ -243,15 +243,21 @@ def test_by_path_host_numpy_and_traced_slices_agree():
     stats.by_path('ratio')
 
 
-def test_stats_without_state_raise():
+def test_stats_without_state_raise_unless_not_required():
+  state = optax.adam(1e-3).init({'w': jnp.ones(2)})
   with pytest.raises(ValueError, match='ScaleByClippedTrustRatioState'):
-    optax_lambc.trust_ratio_stats(optax.adam(1e-3).init({'w': jnp.ones(2)}))
+    optax_lambc.trust_ratio_stats(state)
+  # One step function for optax.lamb and lambc: empty stats, in jit too.
+  stats = jax.jit(lambda s: optax_lambc.trust_ratio_stats(
+      s, required=False))(state)
+  assert stats.values.shape == (4, 0) and stats.names.paths == ()
+  assert stats.as_metrics() == {'trust_ratio/clipped_lower_fraction': 0.0,
+                                'trust_ratio/clipped_upper_fraction': 0.0}
 
 
 @pytest.mark.parametrize('module', [
     'optax_lambc._lambc', 'optax_lambc._bounds', 'optax_lambc._larc',
-    'optax_lambc._masks', 'optax_lambc._telemetry', 'optax_lambc._layers',
-    'optax_lambc._flax',
+    'optax_lambc._telemetry', 'optax_lambc._layers', 'optax_lambc._flax',
 ])
 def test_docstring_examples(module):
   result = doctest.testmod(importlib.import_module(module),

@@ -41,8 +41,10 @@ def test_mask_leaves_pass_through():
   u, s = t.update(grads, t.init(params), params)
   np.testing.assert_array_equal(np.asarray(u['b']), 1.0)
   np.testing.assert_array_equal(np.asarray(u['w']), 3.0)
-  # The mask is optax.masked: the state sits inside its MaskedState.
-  assert isinstance(s, optax.MaskedState)
+  # The mask is resolved once, at init: the state sits inside its
+  # FixedMaskState, which records it (structure only, no arrays).
+  assert isinstance(s, optax_lambc.FixedMaskState)
+  assert s.mask == {'b': optax.MaskedNode(), 'w': None}
   assert optax_lambc.trust_ratio_stats(s).names.paths == ('w',)
 
 
