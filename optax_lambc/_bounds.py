@@ -90,63 +90,60 @@ def _is_value(x: Any) -> bool:
   return callable(x) or isinstance(x, BoundPolicy)
 
 
-def _entries(name: str, spec: Any) -> list[tuple[str, tuple[str, ...], Any]]:
-  """``(where, path, value)`` of every leaf of a bound spec."""
-  if spec is None or _is_value(spec):
-    return []
-  return [(f'{name}[{_layers.path_str(k)}]' if k else name, k, v) for k, v in
-          ((_layers.path_keys(p), v) for p, v in
-           jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_value)[0])]
+def _entries(name: str, spec: Any) -> list[tuple[str, tuple[str, ...], Any,
+                                                  np.ndarray | None]]:
+  """``(where, path, value, NumPy value or None)`` of every leaf of a bound
+  spec; the NumPy value is there for build-time numbers and NumPy arrays."""
+  out = []
+  for path, v in (() if spec is None or _is_value(spec) else
+                  jax.tree_util.tree_flatten_with_path(spec,
+                                                       is_leaf=_is_value)[0]):
+    keys = _layers.path_keys(path)
+    concrete = isinstance(v, (np.ndarray, np.generic, int, float)) and (
+        not isinstance(v, bool))
+    out.append((f'{name}[{_layers.path_str(keys)}]' if keys else name, keys,
+                v, np.asarray(v) if concrete else None))
+  return out
 
 
-def _concrete(x: Any) -> np.ndarray | None:
-  """``x`` as NumPy if it is a build-time number or NumPy array."""
-  ok = isinstance(x, (np.ndarray, np.generic, int, float))
-  return np.asarray(x) if ok and not isinstance(x, bool) else None
-
-
-def check_bound(name: str, spec: Any) -> None:
-  """Checks a bound's build-time numbers.
+def check_bounds(*named: tuple[str, Any]) -> None:
+  """Checks the build-time numbers of each ``(name, bound)``; given a lower
+  and an upper bound, also that no lower entry exceeds an upper one where
+  one's path is a prefix of the other's.
 
   Raises:
     TypeError: for a bool or string, or a policy inside a per-layer tree.
-    ValueError: for a NaN or negative number, naming ``name`` and the path.
+    ValueError: for a NaN or negative number, or a lower bound above the
+      upper, naming the argument and the path.
   """
-  for where, _, leaf in _entries(name, spec):
-    if isinstance(leaf, BoundPolicy):
-      raise TypeError(f'`{where}`: a BoundPolicy must be the whole '
-                      '`max_trust_ratio`, not a leaf of a per-layer tree.')
-    values = None if callable(leaf) else _concrete(leaf)
-    if values is None or values.ndim == 0:
-      if not callable(leaf):
-        _layers.check_number(where, leaf)
-      continue
-    if not np.issubdtype(values.dtype, np.number) or values.dtype == bool:
-      raise TypeError(f'`{where}` must hold numbers, got {leaf!r}.')
-    if np.any(np.isnan(values) | (values < 0)):
-      raise ValueError(f'`{where}` must be >= 0 and not NaN; got {leaf!r}.')
-
-
-def check_bound_order(min_spec: Any, max_spec: Any,
-                      min_name: str = 'min_trust_ratio',
-                      max_name: str = 'max_trust_ratio') -> None:
-  """Raises ``ValueError`` where a build-time lower bound exceeds the upper,
-  comparing entries wherever one's path is a prefix of the other's."""
-  for _, lp, lo in _entries(min_name, min_spec):
-    for _, hp, hi in _entries(max_name, max_spec):
+  for name, spec in named:
+    for where, _, leaf, value in _entries(name, spec):
+      if isinstance(leaf, BoundPolicy):
+        raise TypeError(f'`{where}`: a BoundPolicy must be the whole '
+                        '`max_trust_ratio`, not a leaf of a per-layer tree.')
+      if value is None or value.ndim == 0:
+        if not callable(leaf):
+          _layers.check_number(where, leaf)
+      elif value.dtype == bool or not np.issubdtype(value.dtype, np.number):
+        raise TypeError(f'`{where}` must hold numbers, got {leaf!r}.')
+      elif np.any(np.isnan(value) | (value < 0)):
+        raise ValueError(f'`{where}` must be >= 0 and not NaN; got {leaf!r}.')
+  if len(named) < 2:
+    return
+  (lo_name, lo_spec), (hi_name, hi_spec) = named
+  for _, lp, _, lo in _entries(lo_name, lo_spec):
+    for _, hp, _, hi in _entries(hi_name, hi_spec):
       n = min(len(lp), len(hp))
-      lo_, hi_ = _concrete(lo), _concrete(hi)
-      if lp[:n] != hp[:n] or lo_ is None or hi_ is None:
-        continue
       try:
-        bad = bool(np.any(lo_ > hi_))
+        bad = lp[:n] == hp[:n] and lo is not None and hi is not None and (
+            np.any(lo > hi))
       except ValueError:  # shapes that do not broadcast
         continue
       if bad:
         where = _layers.path_str(lp if len(lp) >= len(hp) else hp)
         at = f' at {where!r}' if where != '<root>' else ''
-        raise ValueError(f'`{min_name}` ({lo_.tolist()!r}) must not exceed '
-                         f'`{max_name}` ({hi_.tolist()!r}){at}.')
+        raise ValueError(f'`{lo_name}` ({lo.tolist()!r}) must not exceed '
+                         f'`{hi_name}` ({hi.tolist()!r}){at}.')
 
 
 def resolver(count: jax.Array, layers: Any, dtype: jnp.dtype) -> Resolver:
@@ -223,7 +220,7 @@ def dynamic_bounds(final: BoundTree = 1.0, gamma: float = 1e-3
     Luo et al., `Adaptive Gradient Methods with Dynamic Bound of Learning Rate
     <https://arxiv.org/abs/1902.09843>`_, ICLR 2019.
   """
-  check_bound('final', final)
+  check_bounds(('final', final))
   _layers.check_number('gamma', gamma, positive=True)
 
   def bounds(state, count, resolve):
@@ -250,11 +247,8 @@ class RunningStatBoundsState(NamedTuple):
 
 
 def running_stat_bounds(
-    n_std: BoundTree = 3.0,
-    decay: float = 0.99,
-    warmup_steps: int = 100,
-    min_trust_ratio: float = 0.0,
-    max_trust_ratio: float | None = None,
+    n_std: BoundTree = 3.0, decay: float = 0.99, warmup_steps: int = 100,
+    min_trust_ratio: float = 0.0, max_trust_ratio: float | None = None
 ) -> BoundPolicy:
   r"""Per-layer bounds at mean ± ``n_std`` standard deviations of the ratio.
 
@@ -308,46 +302,41 @@ def running_stat_bounds(
   if n_std is None:
     raise ValueError('`n_std` must be a number, schedule or per-layer tree, '
                      'not None.')
-  check_bound('n_std', n_std)
-  if _concrete(n_std) is not None:
+  check_bounds(('n_std', n_std))
+  if isinstance(n_std, (int, float, np.generic)):
     _layers.check_number('n_std', n_std, positive=True)
   _layers.check_number('decay', decay, upper=1.0)
   if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or (
       warmup_steps < 1):
     raise ValueError(f'`warmup_steps` must be an int >= 1, got '
                      f'{warmup_steps!r}.')
-  check_bound('min_trust_ratio', min_trust_ratio)
-  check_bound('max_trust_ratio', max_trust_ratio)
-  check_bound_order(min_trust_ratio, max_trust_ratio)
+  check_bounds(('min_trust_ratio', min_trust_ratio),
+               ('max_trust_ratio', max_trust_ratio))
   hi_fixed = np.inf if max_trust_ratio is None else max_trust_ratio
 
   def init(template):
-    return RunningStatBoundsState(
-        count=jnp.zeros(template.shape, jnp.int32),
-        mean=jnp.zeros_like(template), var=jnp.zeros_like(template))
+    return RunningStatBoundsState(jnp.zeros(template.shape, jnp.int32),
+                                  jnp.zeros_like(template),
+                                  jnp.zeros_like(template))
 
   def bounds(state, count, resolve):
-    sigma = _layers.safe_sqrt(state.var)
-    band = resolve(n_std, 3.0, 'n_std') * sigma
+    band = resolve(n_std, 3.0, 'n_std') * _layers.safe_sqrt(state.var)
     fixed = (count < warmup_steps) | (state.count == 0)
-    dtype = state.mean.dtype
-    return (jnp.where(fixed, jnp.asarray(min_trust_ratio, dtype),
+    return (jnp.where(fixed, min_trust_ratio,
                       jnp.maximum(state.mean - band, min_trust_ratio)),
-            jnp.where(fixed, jnp.asarray(hi_fixed, dtype),
-                      jnp.minimum(state.mean + band, hi_fixed)))
+            jnp.where(fixed, hi_fixed, jnp.minimum(state.mean + band,
+                                                   hi_fixed)))
 
   def update(raw, applied, state, count):
     del raw, count
-    alpha = 1 - decay
-    ok = jnp.isfinite(applied)
-    first = state.count == 0
-    delta = jnp.where(ok, applied - state.mean, 0)
-    mean = jnp.where(first, applied, state.mean + alpha * delta)
-    var = jnp.where(first, 0, (1 - alpha) * (state.var + alpha * delta ** 2))
-    return RunningStatBoundsState(
-        count=jnp.where(ok, state.count + 1, state.count),
-        mean=jnp.where(ok, mean, state.mean),
-        var=jnp.where(ok, var, state.var))
+    ok = jnp.isfinite(applied)  # a non-finite ratio is not absorbed
+    first, alpha = state.count == 0, 1 - decay
+    delta = jnp.where(ok, applied - state.mean, 0)  # no NaN in gradients
+    new = RunningStatBoundsState(
+        state.count + 1, jnp.where(first, applied, state.mean + alpha * delta),
+        jnp.where(first, 0, (1 - alpha) * (state.var + alpha * delta ** 2)))
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o).astype(o.dtype),
+                        new, state)
 
   return BoundPolicy(
       f'running_stat_bounds(n_std={n_std!r}, decay={decay!r}, '

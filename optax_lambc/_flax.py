@@ -8,6 +8,7 @@ linen's ``nn.scan(..., metadata_params={nn.PARTITION_NAME: 'layers'})`` over
 called, so it stays an optional dependency.
 """
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,23 +19,15 @@ import numpy as np
 from optax_lambc import _layers
 
 
-def _names(leaf: Any) -> tuple[Any, ...] | None:
-  """The per-axis partition names a Flax box carries, or None."""
-  names = getattr(leaf, 'names', None)  # linen nn.Partitioned
-  if names is not None:
-    return tuple(names)
-  get = getattr(leaf, 'get_metadata', None)  # nnx.Variable
-  if get is not None:
-    meta = get()
-    names = meta.get('out_sharding', meta.get('sharding_names'))
-    return None if names is None else tuple(names)
-  return None
-
-
-def _shape(leaf: Any) -> tuple[int, ...]:
+def _names_and_shape(leaf: Any) -> tuple[tuple[Any, ...] | None,
+                                          tuple[int, ...]]:
+  """The per-axis partition names a Flax box carries (or None), its shape."""
+  meta = leaf.get_metadata() if hasattr(leaf, 'get_metadata') else {}
+  names = getattr(leaf, 'names', meta.get('out_sharding',  # linen, nnx
+                                          meta.get('sharding_names')))
   value = leaf.get_value() if hasattr(leaf, 'get_value') else getattr(
       leaf, 'value', leaf)
-  return tuple(np.shape(value))
+  return None if names is None else tuple(names), tuple(np.shape(value))
 
 
 def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
@@ -95,10 +88,9 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
   entries = []  # (keys, names or None, layer axes or None, shape)
   for path, leaf in jax.tree_util.tree_flatten_with_path(
       variables, is_leaf=is_box)[0]:
-    names = _names(leaf)
-    axes = None if names is None else tuple(
-        i for i, n in enumerate(names) if n == axis_name) or None
-    entries.append((_layers.path_keys(path), names, axes, _shape(leaf)))
+    names, shape = _names_and_shape(leaf)
+    axes = tuple(i for i, n in enumerate(names or ()) if n == axis_name)
+    entries.append((_layers.path_keys(path), names, axes or None, shape))
   # Each stack (the parameters stacked with one layer count and axes) has
   # its own root: the deepest module holding all of them.
   stacks: dict[tuple[Any, ...], list[tuple[str, ...]]] = {}
@@ -128,8 +120,6 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
             'layer axis is recorded, or pass `layer_axes` by hand.')
   out: dict[str, Any] = {}
   for keys, _, axes, _ in entries:
-    node = out
-    for k in keys[:-1]:
-      node = node.setdefault(k, {})
-    node[keys[-1]] = axes
+    functools.reduce(lambda node, k: node.setdefault(k, {}), keys[:-1],
+                     out)[keys[-1]] = axes
   return out

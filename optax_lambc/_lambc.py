@@ -1,6 +1,5 @@
 """LAMBC: LAMB whose layer-wise trust ratio is clipped into bounds."""
 
-import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -45,112 +44,90 @@ class ScaleByClippedTrustRatioState(NamedTuple):
 
 # (param norms, update norms, count) -> raw ratios, all vectors.
 RatioFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-# (count, resolve) -> (lower, upper) vectors, before clamping at 0.
-BoundsFn = Callable[[jax.Array, _bounds.Resolver],
-                    tuple[jax.Array, jax.Array]]
 # (adapted update leaves, their params, count) -> the leaves to scale.
 DirectionFn = Callable[[list[jax.Array], list[jax.Array], jax.Array],
                        list[jax.Array]]
 
 
-def layerwise(ratio_fn: RatioFn, bounds_fn: BoundsFn,
-              policy: _bounds.BoundPolicy | None, layer_axes: LayerAxes,
-              axis_name: str | tuple[str, ...] | None,
-              direction_fn: DirectionFn | None = None,
+def layerwise(ratio_fn: RatioFn, lower: BoundTree,
+              upper: BoundTree | _bounds.BoundPolicy | None,
+              layer_axes: LayerAxes, axis_name: str | tuple[str, ...] | None,
+              direction_fn: DirectionFn | None = None
               ) -> optax.GradientTransformation:
   """The per-layer step LAMBC and LARC share: norms, ratio, clip, scale.
 
-  ``ratio_fn`` turns the norm vectors into raw ratios, ``bounds_fn`` gives the
-  bounds in force (the policy's, if any, on top; clamped at 0 here), and each
-  leaf of ``direction_fn``'s output (default: the updates) is scaled by its
-  layers' applied ratios. Leaves given as ``optax.MaskedNode`` pass through.
+  ``ratio_fn`` turns the norm vectors into raw ratios, which are clipped into
+  ``[lower, upper]`` (a policy as ``upper`` sets both; ``lower`` then only
+  raises its lower bound; both clamped at 0), and each leaf of
+  ``direction_fn``'s output (default: the updates) is scaled by its layers'
+  applied ratios. Leaves given as ``optax.MaskedNode`` pass through.
   """
+  policy = upper if isinstance(upper, _bounds.BoundPolicy) else None
 
   def bounds_at(count, policy_state, layers, dtype):
     resolve = _bounds.resolver(count, layers, dtype)
-    lower, upper = bounds_fn(count, resolve)
+    lo, hi = (resolve(lower, 0.0, 'min_trust_ratio'),
+              None if policy else resolve(upper, math.inf, 'max_trust_ratio'))
     if policy is not None:
-      p_lower, upper = policy.bounds(policy_state, count, resolve)
-      lower = jnp.maximum(lower, p_lower)
-    return (jnp.maximum(lower, 0).astype(dtype),
-            jnp.maximum(upper, 0).astype(dtype))
+      p_lo, hi = policy.bounds(policy_state, count, resolve)
+      lo = jnp.maximum(lo, p_lo)
+    return (jnp.maximum(lo, 0).astype(dtype), jnp.maximum(hi, 0).astype(dtype))
 
   def init_fn(params):
-    leaves = [(k, x) for k, x in _layers.flat_params(params)
-              if not _layers.is_masked(x)]
-    for keys, x in leaves:
-      if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-        raise TypeError(
-            f'params leaf {_layers.path_str(keys)!r} has dtype '
-            f'{jnp.result_type(x)}; optax_lambc needs floating-point (or '
-            'complex) leaves. Exclude integer state (e.g. step counters) '
-            'from the optimized tree.')
-    layers, n = _layers.layer_record(
-        params, _layers.resolve_axes(layer_axes, params))
-    dtype = functools.reduce(jnp.promote_types, [
-        _layers.norm_dtype(jnp.result_type(x)) for _, x in leaves],
-                             jnp.dtype(jnp.float32))
+    layers, n, dtype = _layers.layer_record(params, layer_axes)
     count = jnp.zeros([], jnp.int32)
     policy_state = (optax.EmptyState() if policy is None else
                     policy.init(jnp.zeros([n], dtype)))
-    lower, upper = bounds_at(count, policy_state, layers, dtype)
+    lo, hi = bounds_at(count, policy_state, layers, dtype)
     return ScaleByClippedTrustRatioState(
-        count=count, raw_ratio=jnp.ones([n], dtype),
-        applied_ratio=jnp.ones([n], dtype), lower=lower, upper=upper,
-        policy_state=policy_state, layers=layers)
+        count, jnp.ones([n], dtype), jnp.ones([n], dtype), lo, hi,
+        policy_state, layers)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(_layers.NO_PARAMS_MSG)
     treedef = jax.tree.structure(updates, is_leaf=_layers.is_masked)
     try:
-      flat_p = treedef.flatten_up_to(params) if treedef.num_leaves else []
+      flat_p = treedef.flatten_up_to(params)
     except (ValueError, TypeError) as e:
       raise ValueError(
           'updates and params must have the same tree structure; got updates '
           f'{treedef} and params {jax.tree.structure(params)}.') from e
-    flat_u = treedef.flatten_up_to(updates) if treedef.num_leaves else []
+    flat_u = treedef.flatten_up_to(updates)
     for (keys, u), p in zip(_layers.flat_params(updates), flat_p,
                             strict=True):
       if not _layers.is_masked(u) and jnp.shape(u) != jnp.shape(p):
         raise ValueError(
             f'updates leaf {_layers.path_str(keys)!r} has shape '
             f'{jnp.shape(u)} but the params leaf has shape {jnp.shape(p)}.')
-    grids = _layers.grids_of(state.layers, treedef)
-    adapted = [i for i, g in enumerate(grids) if g is not None]
-    us, ps, gs = ([seq[i] for i in adapted] for seq in (flat_u, flat_p, grids))
-    dtype = state.raw_ratio.dtype
-    w_norm, u_norm = _layers.layer_norms([ps, us], gs, dtype, axis_name)
-    lower, upper = bounds_at(state.count, state.policy_state, state.layers,
-                             dtype)
-    raw = ratio_fn(w_norm, u_norm, state.count)
-    applied = jnp.minimum(jnp.maximum(raw, lower), upper)  # upper wins
-    directions = us if direction_fn is None else direction_fn(us, ps,
-                                                             state.count)
+    adapted = _layers.adapted(state.layers, treedef)
+    us, ps = ([seq[i] for i, _, _ in adapted] for seq in (flat_u, flat_p))
+    dtype, count = state.raw_ratio.dtype, state.count
+    w_norm, u_norm = _layers.layer_norms(
+        [ps, us], [g for _, _, g in adapted], dtype, axis_name)
+    lo, hi = bounds_at(count, state.policy_state, state.layers, dtype)
+    raw = ratio_fn(w_norm, u_norm, count)
+    applied = jnp.minimum(jnp.maximum(raw, lo), hi)  # the upper bound wins
+    directions = direction_fn(us, ps, count) if direction_fn else us
     out = list(flat_u)
-    for i, d, offset, g in zip(adapted, directions, _layers.offsets(gs), gs,
-                               strict=True):
+    for (i, offset, g), d in zip(adapted, directions, strict=True):
       out[i] = _layers.scale(d, applied, offset, g)
     policy_state = (state.policy_state if policy is None else
-                    policy.update(raw, applied, state.policy_state,
-                                  state.count))
-    return jax.tree.unflatten(treedef, out), state._replace(
-        count=optax.safe_increment(state.count), raw_ratio=raw,
-        applied_ratio=applied, lower=lower, upper=upper,
-        policy_state=policy_state)
+                    policy.update(raw, applied, state.policy_state, count))
+    return jax.tree.unflatten(treedef, out), ScaleByClippedTrustRatioState(
+        optax.safe_increment(count), raw, applied, lo, hi, policy_state,
+        state.layers)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_clipped_trust_ratio(
     min_trust_ratio: BoundTree = 0.0,
-    max_trust_ratio: BoundTree | _bounds.BoundPolicy | None = 1.0,
-    *,
+    max_trust_ratio: BoundTree | _bounds.BoundPolicy | None = 1.0, *,
     trust_coefficient: jax.typing.ArrayLike = 1.0,
     eps: jax.typing.ArrayLike = 0.0,
     weight_norm_bounds: tuple[float, float | None] | None = None,
-    mask: optax.MaskOrFn = None,
-    layer_axes: LayerAxes = None,
+    mask: optax.MaskOrFn = None, layer_axes: LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each layer's update by its trust ratio, clipped into bounds.
@@ -250,19 +227,13 @@ def scale_by_clipped_trust_ratio(
         f'`min_trust_ratio` must be a bound, got {min_trust_ratio!r}: use 0.0 '
         'for no lower bound, and pass a policy as `max_trust_ratio` (it sets '
         'both bounds; `min_trust_ratio` then only raises its lower bound).')
-  _bounds.check_bound('min_trust_ratio', min_trust_ratio)
-  _bounds.check_bound('max_trust_ratio', max_trust_ratio)
-  _bounds.check_bound_order(min_trust_ratio, max_trust_ratio)
+  lo, hi = weight_norm_bounds or (0.0, None)
+  _bounds.check_bounds(('min_trust_ratio', min_trust_ratio),
+                       ('max_trust_ratio', max_trust_ratio))
+  _bounds.check_bounds(('weight_norm_bounds[0]', lo),
+                       ('weight_norm_bounds[1]', hi))
   _layers.check_number('trust_coefficient', trust_coefficient, positive=True)
   _layers.check_number('eps', eps)
-  lo, hi = weight_norm_bounds or (0.0, None)
-  _layers.check_number('weight_norm_bounds[0]', lo)
-  if hi is not None:
-    _layers.check_number('weight_norm_bounds[1]', hi)
-    _bounds.check_bound_order(lo, hi, 'weight_norm_bounds[0]',
-                              'weight_norm_bounds[1]')
-  policy = (max_trust_ratio if isinstance(max_trust_ratio,
-                                          _bounds.BoundPolicy) else None)
 
   def ratio_fn(w_norm, u_norm, count):
     del count
@@ -271,20 +242,15 @@ def scale_by_clipped_trust_ratio(
     return _layers.ratio(trust_coefficient * phi, u_norm + eps, w_norm,
                          u_norm)
 
-  def bounds_fn(count, resolve):
-    del count
-    return (resolve(min_trust_ratio, 0.0, 'min_trust_ratio'),
-            None if policy is not None else
-            resolve(max_trust_ratio, math.inf, 'max_trust_ratio'))
-
-  return _layers.masked(layerwise(ratio_fn, bounds_fn, policy, layer_axes,
-                                  axis_name), mask, 'mask', layer_axes)
+  return _layers.masked(layerwise(ratio_fn, min_trust_ratio, max_trust_ratio,
+                                  layer_axes, axis_name), mask, 'mask',
+                        layer_axes)
 
 
 def scale_by_uncorrected_adam(
     b1: jax.typing.ArrayLike = 0.9, b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-6, eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None
 ) -> optax.GradientTransformation:
   r"""Adam's direction without bias correction: :math:`m/(\sqrt{v+\epsilon_r}
   +\epsilon)`.
@@ -334,17 +300,12 @@ def scale_by_uncorrected_adam(
 
 def lambc(
     learning_rate: optax.ScalarOrSchedule,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-6,
-    eps_root: jax.typing.ArrayLike = 0.0,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: optax.MaskOrFn = None,
-    *,
-    min_trust_ratio: BoundTree = 0.0,
+    b1: jax.typing.ArrayLike = 0.9, b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6, eps_root: jax.typing.ArrayLike = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0, mask: optax.MaskOrFn = None,
+    *, min_trust_ratio: BoundTree = 0.0,
     max_trust_ratio: BoundTree | _bounds.BoundPolicy | None = 1.0,
-    trust_ratio_mask: optax.MaskOrFn = None,
-    layer_axes: LayerAxes = None,
+    trust_ratio_mask: optax.MaskOrFn = None, layer_axes: LayerAxes = None,
     bias_correction: bool = True,
     trust_coefficient: jax.typing.ArrayLike = 1.0,
     weight_norm_bounds: tuple[float, float | None] | None = None,
@@ -428,12 +389,10 @@ def lambc(
     You et al., `Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes <https://arxiv.org/abs/1904.00962>`_, ICLR 2020.
   """
-  for name, value in (('b1', b1), ('b2', b2)):
-    _layers.check_number(name, value, upper=1.0)
-  for name, value in (('eps', eps), ('eps_root', eps_root),
-                      ('weight_decay', weight_decay),
+  for name, value in (('b1', b1), ('b2', b2), ('eps', eps),
+                      ('eps_root', eps_root), ('weight_decay', weight_decay),
                       ('learning_rate', learning_rate)):
-    _layers.check_number(name, value)
+    _layers.check_number(name, value, upper=1.0 if name[0] == 'b' else None)
   direction = (optax.scale_by_adam if bias_correction else
                scale_by_uncorrected_adam)(b1, b2, eps, eps_root,
                                           mu_dtype=mu_dtype)

@@ -1,7 +1,6 @@
 """LARC: LARS whose local learning rate is clipped at the global one."""
 
 import functools
-import math
 
 import jax
 import optax
@@ -27,16 +26,12 @@ def _core(learning_rate, weight_decay, trust_coefficient, eps, clip, decayed,
     return (local / _value(learning_rate, count) if clip else local).astype(
         w_norm.dtype)
 
-  def bounds_fn(count, resolve):
-    del count
-    return resolve(0.0, 0.0), resolve(1.0 if clip else math.inf, 0.0)
-
   def direction_fn(grads, weights, count):
     wd = _value(weight_decay, count)
     return [g + wd * p for g, p in zip(grads, weights, strict=True)]
 
-  return _lambc.layerwise(ratio_fn, bounds_fn, None, layer_axes, axis_name,
-                          direction_fn if decayed else None)
+  return _lambc.layerwise(ratio_fn, 0.0, 1.0 if clip else None, layer_axes,
+                          axis_name, direction_fn if decayed else None)
 
 
 def _both(adapt: optax.MaskOrFn, decay: optax.MaskOrFn, want: tuple[bool,
@@ -60,12 +55,9 @@ def scale_by_larc_trust_ratio(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     trust_coefficient: jax.typing.ArrayLike = 0.001,
-    eps: jax.typing.ArrayLike = 1e-8,
-    *,
-    clip: bool = True,
+    eps: jax.typing.ArrayLike = 1e-8, *, clip: bool = True,
     weight_decay_mask: optax.MaskOrFn = None,
-    trust_ratio_mask: optax.MaskOrFn = None,
-    layer_axes: LayerAxes = None,
+    trust_ratio_mask: optax.MaskOrFn = None, layer_axes: LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adds weight decay, then scales each layer by LARC's local rate.
@@ -140,13 +132,9 @@ def larc(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     weight_decay_mask: optax.MaskOrFn = None,
     trust_coefficient: jax.typing.ArrayLike = 0.001,
-    eps: jax.typing.ArrayLike = 1e-8,
-    trust_ratio_mask: optax.MaskOrFn = None,
-    momentum: jax.typing.ArrayLike = 0.9,
-    nesterov: bool = False,
-    *,
-    clip: bool = True,
-    layer_axes: LayerAxes = None,
+    eps: jax.typing.ArrayLike = 1e-8, trust_ratio_mask: optax.MaskOrFn = None,
+    momentum: jax.typing.ArrayLike = 0.9, nesterov: bool = False, *,
+    clip: bool = True, layer_axes: LayerAxes = None,
     axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARC: momentum SGD with LARS local rates clipped at the global rate.

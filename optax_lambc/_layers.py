@@ -116,19 +116,17 @@ def per_leaf(spec: Any, params: Any, name: str,
                              if keys[:n] in entries), None)
   known = {k[:n] for k, _ in flat for n in range(len(k) + 1)}
   masked = [k for k, x in flat if is_masked(x)]
-  uncovered = [k for k, x in flat if not is_masked(x) and match(k) is None]
+  missing = [k for k, x in flat if not is_masked(x) and match(k) is None]
   typos = [k for k in entries if flat and k not in known and
            not any(k[:len(m)] == m for m in masked)]
-  if typos:
-    some = [path_str(k) for k, _ in flat[:3]]
-    hint = (f'; no entry covers {path_str(uncovered[0])!r}' if uncovered
-            else f'; params paths look like {some}')
-    raise ValueError(f'`{name}` entry {path_str(typos[0])!r} matches no '
-                     f'params leaf (a typo?){hint}.')
-  if uncovered:
-    raise ValueError(f'`{name}` has no entry for the params leaf '
-                     f'{path_str(uncovered[0])!r}; it must be a tree prefix '
-                     'of the params (matched by key path).')
+  if typos or missing:
+    hint = (f'no entry covers {path_str(missing[0])!r}' if missing else
+            f'params paths look like {[path_str(k) for k, _ in flat[:3]]}')
+    raise ValueError(
+        f'`{name}` entry {path_str(typos[0])!r} matches no params leaf (a '
+        f'typo?); {hint}.' if typos else f'`{name}` has no entry for the '
+        f'params leaf {path_str(missing[0])!r}; it must be a tree prefix of '
+        'the params (matched by key path).')
   return [entries[match(k)] for k, x in flat if not is_masked(x)]
 
 
@@ -142,22 +140,20 @@ def check_number(name: str, value: Any, *, upper: float | None = None,
     TypeError: for a bool, a string or a complex number, naming ``name``.
     ValueError: for a NaN or out-of-range number, naming ``name``.
   """
-  if isinstance(value, (bool, np.bool_, str, bytes, complex)) or (
-      np.dtype(getattr(value, 'dtype', float)) == np.bool_):
-    kind = 'string' if isinstance(value, (str, bytes)) else (
-        'complex number' if isinstance(value, complex) else 'bool')
+  is_bool = isinstance(value, (bool, np.bool_)) or str(
+      getattr(value, 'dtype', '')) == 'bool'
+  kind = ('string' if isinstance(value, (str, bytes)) else 'bool' if is_bool
+          else 'complex number' if np.iscomplexobj(value) else '')
+  if kind:
     raise TypeError(f'`{name}` must be a number, got the {kind} {value!r}.')
-  if not (isinstance(value, (numbers.Number, np.generic)) or (
-      isinstance(value, np.ndarray) and value.ndim == 0)):
-    return
-  if np.iscomplexobj(value):
-    raise TypeError(f'`{name}` must be a real number, got {value!r}.')
-  x = float(value)
-  if math.isnan(x) or x < 0 or (positive and x == 0) or (
-      upper is not None and x >= upper):
-    rule = ('> 0' if positive else '>= 0') + (
-        f' and < {upper}' if upper is not None else '') + ', not NaN'
-    raise ValueError(f'`{name}` must be {rule}; got {value!r}.')
+  if isinstance(value, (numbers.Number, np.generic)) or (
+      isinstance(value, np.ndarray) and value.ndim == 0):
+    x = float(value)
+    if not (x > 0 if positive else x >= 0) or (upper is not None and
+                                               x >= upper):
+      rule = ('> 0' if positive else '>= 0') + (
+          f' and < {upper}' if upper is not None else '')
+      raise ValueError(f'`{name}` must be {rule} (not NaN); got {value!r}.')
 
 
 # --- Layers -----------------------------------------------------------------
@@ -199,32 +195,48 @@ def resolve_axes(layer_axes: LayerAxes, params: optax.Params
           for k, x in flat_params(params)]
 
 
-def layer_record(params: optax.Params, axes: list[tuple[int, ...] | None]
-                 ) -> tuple[Any, int]:
-  """The state's ``layers`` tree (see the module docstring) and the number
-  of layers. A tree with no leaves (``optax.tree.map_params``'s placeholder)
-  gets an empty vector, which is no params-shaped tree."""
+def layer_record(params: optax.Params, layer_axes: LayerAxes
+                 ) -> tuple[Any, int, jnp.dtype]:
+  """The state's ``layers`` tree (see the module docstring), the number of
+  layers and the dtype of the per-layer vectors (the widest norm dtype). A
+  tree with no leaves (``optax.tree.map_params``'s placeholder) gets an
+  empty vector, which is no params-shaped tree.
+
+  Raises:
+    TypeError: naming the path of a leaf that is not floating-point.
+  """
   flat, treedef = jax.tree.flatten(params, is_leaf=is_masked)
-  grids, offset = [], 0
-  for x, ax in zip(flat, axes, strict=True):
+  grids, offset, dtype = [], 0, jnp.dtype(jnp.float32)
+  axes = resolve_axes(layer_axes, params)
+  for (keys, x), ax in zip(flat_params(params), axes, strict=True):
     if ax is None:
       grids.append(optax.MaskedNode())
       continue
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+      raise TypeError(
+          f'params leaf {path_str(keys)!r} has dtype {jnp.result_type(x)}; '
+          'optax_lambc needs floating-point (or complex) leaves: leave '
+          'integer state (step counters) out of the optimized tree.')
+    dtype = jnp.promote_types(dtype, norm_dtype(jnp.result_type(x)))
     shape = [d if i in ax else 1 for i, d in enumerate(jnp.shape(x))]
-    size = math.prod(shape)
-    grids.append(jnp.arange(offset, offset + size, dtype=jnp.int32
-                            ).reshape(shape))
-    offset += size
+    grids.append(jnp.arange(offset, offset + math.prod(shape),
+                            dtype=jnp.int32).reshape(shape))
+    offset += math.prod(shape)
   if not flat:
-    return jnp.zeros([0], jnp.int32), 0
-  return jax.tree.unflatten(treedef, grids), offset
+    return jnp.zeros([0], jnp.int32), 0, dtype
+  return jax.tree.unflatten(treedef, grids), offset, dtype
 
 
-def grids_of(layers: Any, treedef: Any) -> list[jax.Array | None]:
-  """The layer grid of each leaf of ``treedef`` (None: not adapted)."""
-  if not treedef.num_leaves:
-    return []
-  return [None if is_masked(g) else g for g in treedef.flatten_up_to(layers)]
+def adapted(layers: Any, treedef: Any) -> list[tuple[int, int, jax.Array]]:
+  """``(leaf index, offset in the vectors, layer grid)`` of every leaf of
+  ``treedef`` that the layer record adapts (offsets are static)."""
+  out, offset = [], 0
+  for i, g in enumerate(treedef.flatten_up_to(layers) if
+                        treedef.num_leaves else []):
+    if not is_masked(g):
+      out.append((i, offset, g))
+      offset += g.size
+  return out
 
 
 def norm_dtype(dtype: jax.typing.DTypeLike) -> jnp.dtype:
@@ -283,12 +295,6 @@ def ratio(numerator: jax.Array, denominator: jax.Array,
       param_norm.dtype)
 
 
-def offsets(grids: list[jax.Array | None]) -> list[int]:
-  """Where each leaf's layers start in the per-layer vectors (static)."""
-  sizes = [0 if g is None else g.size for g in grids]
-  return [sum(sizes[:i]) for i in range(len(sizes))]
-
-
 def scale(u: jax.Array, scales: jax.Array, offset: int, grid: jax.Array
           ) -> jax.Array:
   """``u`` times its layers' entries of ``scales``, broadcast per slice."""
@@ -308,35 +314,31 @@ class FixedMaskState(NamedTuple):
   inner_state: optax.OptState
 
 
-def _takes_layer_axes(fn: Callable[..., Any]) -> bool:
-  try:
-    return 'layer_axes' in inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return False
-
-
 def mask_flags(mask: optax.MaskOrFn, params: optax.Params, name: str,
                layer_axes: LayerAxes = None) -> list[bool]:
   """Per leaf (``optax.MaskedNode`` included: False), whether ``mask``
   selects it. A callable that takes ``layer_axes`` (such as
   :func:`exclude_bias_and_norm`) is given them resolved on ``params``."""
   if callable(mask):
-    kwargs = {}
-    if layer_axes is not None and _takes_layer_axes(mask):
-      treedef = jax.tree.structure(params, is_leaf=is_masked)
-      kwargs['layer_axes'] = jax.tree.unflatten(treedef, [
-          optax.MaskedNode() if a is None else a
-          for a in resolve_axes(layer_axes, params)])
-    mask = mask(params, **kwargs)
+    try:
+      takes = 'layer_axes' in inspect.signature(mask).parameters
+    except (TypeError, ValueError):
+      takes = False
+    if takes and layer_axes is not None:
+      axes = resolve_axes(layer_axes, params)
+      mask = mask(params, layer_axes=jax.tree.unflatten(
+          jax.tree.structure(params, is_leaf=is_masked),
+          [optax.MaskedNode() if a is None else a for a in axes]))
+    else:
+      mask = mask(params)
   values = iter(per_leaf(mask, params, name))
-  out = []
-  for keys, leaf in flat_params(params):
-    m = False if is_masked(leaf) else next(values)
+  out = [False if is_masked(x) else next(values) for _, x in
+         flat_params(params)]
+  for (keys, _), m in zip(flat_params(params), out, strict=True):
     if not isinstance(m, (bool, np.bool_)):
       raise TypeError(f'`{name}` at {path_str(keys)!r} must be a Python '
                       f'bool, got {m!r}.')
-    out.append(bool(m))
-  return out
+  return [bool(m) for m in out]
 
 
 def masked(inner: optax.GradientTransformation, mask: optax.MaskOrFn,
@@ -349,9 +351,9 @@ def masked(inner: optax.GradientTransformation, mask: optax.MaskOrFn,
   ``init``, and kept in the state (:class:`FixedMaskState`): a callable mask
   is never re-run on what ``update`` is given.
   """
-  if mask is None:
-    return optax.with_extra_args_support(inner)
   inner = optax.with_extra_args_support(inner)
+  if mask is None:
+    return inner
 
   def view(tree, treedef, keep):
     return jax.tree.unflatten(treedef, [
@@ -368,8 +370,7 @@ def masked(inner: optax.GradientTransformation, mask: optax.MaskOrFn,
 
   def update_fn(updates, state, params=None, **extra_args):
     treedef = jax.tree.structure(updates, is_leaf=is_masked)
-    keep = [m is None for m in treedef.flatten_up_to(state.mask)] if (
-        treedef.num_leaves) else []
+    keep = [m is None for m in treedef.flatten_up_to(state.mask)]
     new, inner_state = inner.update(
         view(updates, treedef, keep), state.inner_state,
         None if params is None else view(params, treedef, keep), **extra_args)

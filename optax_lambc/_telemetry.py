@@ -22,13 +22,9 @@ class LayerNames:
 
   def keys(self) -> list[str]:
     """One name per vector entry: the path, with ``[i]`` for stacked slices."""
-    out = []
-    for path, shape in zip(self.paths, self.shapes, strict=True):
-      if not shape:
-        out.append(path)
-        continue
-      out.extend(f'{path}[{",".join(map(str, i))}]' for i in np.ndindex(*shape))
-    return out
+    return [f'{p}[{",".join(map(str, i))}]' if shape else p for p, shape in
+            zip(self.paths, self.shapes, strict=True)
+            for i in np.ndindex(*shape)]
 
 
 def _array(x: Any) -> Any:
@@ -38,6 +34,13 @@ def _array(x: Any) -> Any:
 
 
 _FIELDS = ('raw', 'applied', 'lower', 'upper')
+
+
+def _fractions(values: Any, xp: Any) -> tuple[Any, Any]:
+  """Shares of layers raised to the lower and cut to the upper bound (0 with
+  no layers), in NumPy or ``jnp`` (``xp``)."""
+  n = max(values.shape[1], 1)
+  return xp.sum(values[1] > values[0]) / n, xp.sum(values[1] < values[0]) / n
 
 
 class TrustRatioStats(NamedTuple):
@@ -56,35 +59,18 @@ class TrustRatioStats(NamedTuple):
   names: LayerNames
   """Static: the parameter path and layer-axes shape of each leaf."""
 
-  @property
-  def raw(self) -> jax.Array:
-    """Unclipped ratio per layer (NaN after a non-finite update)."""
-    return self.values[0]
-
-  @property
-  def applied(self) -> jax.Array:
-    """Ratio actually applied, ``clip(raw, lower, upper)``."""
-    return self.values[1]
-
-  @property
-  def lower(self) -> jax.Array:
-    """Lower bound in force per layer."""
-    return self.values[2]
-
-  @property
-  def upper(self) -> jax.Array:
-    """Upper bound in force per layer (``inf``: none)."""
-    return self.values[3]
-
-  @property
-  def clipped_lower_fraction(self) -> jax.Array:
-    """Fraction of layers raised to the lower bound (0 with no layers)."""
-    return _fractions(self.values, jnp)[0]
-
-  @property
-  def clipped_upper_fraction(self) -> jax.Array:
-    """Fraction of layers cut to the upper bound (0 with no layers)."""
-    return _fractions(self.values, jnp)[1]
+  raw = property(lambda self: self.values[0])
+  """Unclipped ratio per layer (NaN after a non-finite update)."""
+  applied = property(lambda self: self.values[1])
+  """Ratio actually applied, ``clip(raw, lower, upper)``."""
+  lower = property(lambda self: self.values[2])
+  """Lower bound in force per layer."""
+  upper = property(lambda self: self.values[3])
+  """Upper bound in force per layer (``inf``: none)."""
+  clipped_lower_fraction = property(lambda s: _fractions(s.values, jnp)[0])
+  """Fraction of layers raised to the lower bound (0 with no layers)."""
+  clipped_upper_fraction = property(lambda s: _fractions(s.values, jnp)[1])
+  """Fraction of layers cut to the upper bound (0 with no layers)."""
 
   def by_path(self, field: str = 'applied'
               ) -> dict[str, np.ndarray | jax.Array]:
@@ -107,16 +93,13 @@ class TrustRatioStats(NamedTuple):
     if field not in _FIELDS:
       raise ValueError(f'field must be one of {_FIELDS}, got {field!r}.')
     values = self.values
-    if (not isinstance(values, jax.core.Tracer)
-        and getattr(values, 'is_fully_addressable', True)):
+    if not isinstance(values, jax.core.Tracer) and getattr(
+        values, 'is_fully_addressable', True):
       values = np.asarray(values)
-    row = values[_FIELDS.index(field)]
-    out, offset = {}, 0
-    for path, shape in zip(self.names.paths, self.names.shapes, strict=True):
-      size = int(np.prod(shape))
-      out[path] = row[offset:offset + size].reshape(shape)
-      offset += size
-    return out
+    sizes = [int(np.prod(s)) for s in self.names.shapes]
+    row, starts = values[_FIELDS.index(field)], np.cumsum([0] + sizes)
+    return {p: row[a:a + n].reshape(s) for p, s, a, n in zip(
+        self.names.paths, self.names.shapes, starts[:-1], sizes, strict=True)}
 
   def as_metrics(self, prefix: str = 'trust_ratio') -> dict[str, float]:
     """A flat ``{name: float}`` dict for a metrics writer (fetches once).
@@ -124,8 +107,7 @@ class TrustRatioStats(NamedTuple):
     Keys are ``<prefix>/<field>/<path>``, with ``[i]`` (``[i,j]`` for two
     layer axes) appended for each slice of a stacked leaf, plus
     ``<prefix>/clipped_lower_fraction`` and ``.../clipped_upper_fraction``.
-    Call it on the host, on stats a jitted step returned: inside ``jit`` it
-    would split the vectors into one scalar output per layer.
+    Call it on the host, on stats a jitted step returned.
 
     Raises:
       TypeError: inside a trace (``jit``, ``vmap``, ``grad``), saying so.
@@ -136,22 +118,12 @@ class TrustRatioStats(NamedTuple):
           '(one array) from the jitted step and call as_metrics() on the '
           'result, outside jit.')
     values = np.asarray(self.values)
-    lower, upper = _fractions(values, np)
-    out = {f'{prefix}/clipped_lower_fraction': float(lower),
-           f'{prefix}/clipped_upper_fraction': float(upper)}
-    keys = self.names.keys()
-    for field, row in zip(_FIELDS, values, strict=True):
-      for key, value in zip(keys, row.tolist(), strict=True):
-        out[f'{prefix}/{field}/{key}'] = value
+    out = {f'{prefix}/clipped_{side}_fraction': float(f) for side, f in
+           zip(('lower', 'upper'), _fractions(values, np), strict=True)}
+    for field, row in zip(_FIELDS, values.tolist(), strict=True):
+      out.update({f'{prefix}/{field}/{key}': v for key, v in
+                  zip(self.names.keys(), row, strict=True)})
     return out
-
-
-def _fractions(values: Any, xp: Any) -> tuple[Any, Any]:
-  """Shares of layers raised to the lower and cut to the upper bound (0 with
-  no layers), in NumPy or ``jnp`` (``xp``)."""
-  raw, applied = values[0], values[1]
-  n = max(values.shape[1], 1)
-  return xp.sum(applied > raw) / n, xp.sum(applied < raw) / n
 
 
 def _is_state(x: Any) -> bool:
