@@ -9,7 +9,6 @@ called, so it stays an optional dependency.
 """
 
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,13 +52,14 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
   Raises:
     ValueError: if no parameter carries ``axis_name`` (a model without the
       annotation would silently get one ratio per stacked leaf), or if a
-      module without partition names lies inside a stack and every one of its
-      parameters has that stack's layer count at its layer axes, e.g. an
+      parameter without partition names lies inside a stack, e.g. an
       unannotated LayerNorm in a scanned block: annotate it, or pass
       ``layer_axes`` by hand. A stack is the deepest module holding every
-      parameter stacked with one layer count and axes, so any number of
-      stacks work (an encoder and a decoder, two towers); parameters beside
-      a stack (an embedding, a head) need no names.
+      parameter stacked with one layer count and axes, widened while every
+      parameter beside it has that layer count at those axes and one more
+      axis at least; so any number of stacks work (an encoder and a decoder,
+      two towers), and parameters beside a stack (an embedding, a head) need
+      no names.
 
   Examples:
     >>> import jax
@@ -91,33 +91,34 @@ def layer_axes_from_flax(variables: Any, axis_name: str = 'layers'
     names, shape = _names_and_shape(leaf)
     axes = tuple(i for i, n in enumerate(names or ()) if n == axis_name)
     entries.append((_layers.path_keys(path), names, axes or None, shape))
-  # Each stack (the parameters stacked with one layer count and axes) has
-  # its own root: the deepest module holding all of them.
-  stacks: dict[tuple[Any, ...], list[tuple[str, ...]]] = {}
-  for keys, _, axes, shape in entries:
-    if axes is not None:
-      stacks.setdefault((axes, tuple(shape[a] for a in axes)), []).append(
-          keys[:-1])
-  if not stacks:
+  if all(axes is None for _, _, axes, _ in entries):
     raise ValueError(
         f'No parameter carries the partition name {axis_name!r}: build the '
         f'stack with transform_metadata={{nnx.PARTITION_NAME: {axis_name!r}}}'
         ' (nnx.vmap/nnx.scan) or metadata_params (linen nn.scan) on '
         'parameters created with partition names, or pass `layer_axes` by '
         'hand. Without it every stacked leaf would get one trust ratio.')
-  for (axes, count), modules in stacks.items():
-    root = tuple(os.path.commonprefix(modules))
-    for keys, names, _, _ in entries:
-      module = [(n, s) for k, n, _, s in entries if k[:-1] == keys[:-1]]
-      if names is None and keys[:len(root)] == root and all(
-          n is None and len(s) > max(axes) and
-          tuple(s[a] for a in axes) == count for n, s in module):
+  under = lambda prefix: [e for e in entries if e[0][:len(prefix)] == prefix]
+  for keys, _, axes, shape in entries:
+    if axes is None:
+      continue
+    # The stack's module: this parameter's, widened while every parameter
+    # beside it is stacked the same way or looks so (unannotated).
+    count = tuple(shape[a] for a in axes)
+    fits = lambda n, a, s, axes=axes, count=count: (
+        a == axes if n is not None else len(s) > max(*axes, len(axes))
+    ) and tuple(s[i] for i in axes) == count
+    root = keys[:-1]
+    while root and all(fits(*e[1:]) for e in under(root[:-1])):
+      root = root[:-1]
+    for bad, names, _, _ in under(root):
+      if names is None:
         raise ValueError(
-            f'Parameter {"/".join(keys)!r} has no partition names but sits in '
-            f'the stack at {"/".join(root) or "<root>"!r} and, with the rest '
-            f'of its module, has its layer count {count} at axes {axes}; give '
-            "it names (e.g. scale_metadata={'out_sharding': (None,)}) so its "
-            'layer axis is recorded, or pass `layer_axes` by hand.')
+            f'Parameter {"/".join(bad)!r} has no partition names but sits in '
+            f'the stack at {"/".join(root) or "<root>"!r} (layer count '
+            f'{count} at axes {axes}); give it names (e.g. scale_metadata='
+            "{'out_sharding': (None,)}) so its layer axis is recorded, or "
+            'pass `layer_axes` by hand.')
   out: dict[str, Any] = {}
   for keys, _, axes, _ in entries:
     functools.reduce(lambda node, k: node.setdefault(k, {}), keys[:-1],

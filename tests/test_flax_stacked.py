@@ -157,3 +157,86 @@ def test_linen_scan_step_equals_unrolled_step():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-8),
                unroll(up_s), up_u)
+
+
+def _stack(depth: int, rngs: nnx.Rngs, annotate: bool = True):
+  """``depth`` vmapped blocks (a Linear and a LayerNorm), 'layers'-named."""
+  names = {'out_sharding': (None,)} if annotate else {}
+
+  @nnx.split_rngs(splits=depth)
+  @nnx.vmap(in_axes=(0,), out_axes=0,
+            transform_metadata={nnx.PARTITION_NAME: 'layers'})
+  def make(rngs):
+    block = nnx.Module()
+    block.fc = nnx.Linear(4, 4, rngs=rngs,
+                          kernel_metadata={'out_sharding': (None, None)},
+                          bias_metadata={'out_sharding': (None,)})
+    block.ln = nnx.LayerNorm(4, rngs=rngs, scale_metadata=names,
+                             bias_metadata=names)
+    return block
+
+  return make(rngs)
+
+
+def _tree(**modules) -> nnx.Module:
+  root = nnx.Module()
+  for name, module in modules.items():
+    setattr(root, name, module)
+  return root
+
+
+@pytest.mark.parametrize('case', ['encoder_decoder', 'two_towers',
+                                  'beside_in_a_backbone'])
+def test_helper_finds_each_stacks_own_root(case):
+  rngs = nnx.Rngs(0)
+  with nnx.use_eager_sharding(False):
+    if case == 'encoder_decoder':  # the issue's model: head/bias is (2,)
+      model = _tree(enc=_stack(3, rngs), dec=_stack(2, rngs),
+                    head=nnx.Linear(4, 2, rngs=rngs))
+      want = {'enc': (0,), 'dec': (0,)}
+    elif case == 'two_towers':  # equal depths; a head of that width too
+      model = _tree(left=_stack(4, rngs), right=_stack(4, rngs),
+                    head=nnx.Linear(4, 4, rngs=rngs))
+      want = {'left': (0,), 'right': (0,)}
+    else:  # a backbone holding an embedding-like layer beside its stack
+      model = _tree(backbone=_tree(blocks=_stack(3, rngs),
+                                   proj=nnx.Linear(3, 4, rngs=rngs)),
+                    other=_stack(2, rngs))
+      want = {'backbone': {'blocks': (0,)}, 'other': (0,)}
+  axes = optax_lambc.layer_axes_from_flax(model)
+
+  def check(node, expect):
+    if isinstance(expect, dict):
+      for k, v in expect.items():
+        check(node[k], v)
+    else:
+      assert jax.tree.leaves(node, is_leaf=lambda x: x is None or
+                             isinstance(x, tuple)) == [expect] * 4, node
+  check(axes, want)
+  for name in ('head', 'proj'):
+    if name in axes or name in axes.get('backbone', {}):
+      node = axes.get(name) or axes['backbone'][name]
+      assert node == {'kernel': None, 'bias': None}
+  # The axes drive a real step: one ratio per block of every stack.
+  params = nnx.state(model, nnx.Param)
+  stats = optax_lambc.trust_ratio_stats(
+      optax_lambc.lambc(1e-2, layer_axes=axes).init(params))
+  assert stats.values.shape[1] == sum(
+      int(np.prod(s)) or 1 for s in stats.names.shapes)
+
+
+@pytest.mark.parametrize('where', ['encoder', 'backbone'])
+def test_helper_still_rejects_an_unannotated_norm_inside_a_stack(where):
+  rngs = nnx.Rngs(0)
+  with nnx.use_eager_sharding(False):
+    if where == 'encoder':
+      model = _tree(enc=_stack(3, rngs, annotate=False), dec=_stack(2, rngs),
+                    head=nnx.Linear(4, 2, rngs=rngs))
+      path = 'enc/ln'
+    else:
+      model = _tree(backbone=_tree(blocks=_stack(3, rngs, annotate=False),
+                                   proj=nnx.Linear(3, 4, rngs=rngs)))
+      path = 'backbone/blocks/ln'
+  with pytest.raises(ValueError, match=f"'{path}/(bias|scale)' has no "
+                     'partition names'):
+    optax_lambc.layer_axes_from_flax(model)
