@@ -9,6 +9,7 @@ import math
 import os
 
 import jax
+import pytest
 
 from benchmarks import accelerator_step, norm_variants, step_time
 
@@ -26,9 +27,10 @@ def test_step_time_benchmark_runs_on_tiny_tree(tmp_path, capsys):
   for mode in ('donated', 'not_donated'):
     rows = result['modes'][mode]
     assert set(rows) == {'adamw', 'optax.lamb', 'lambc(max=None)', 'lambc'}
-    assert rows['adamw']['vs_adamw'] == 1.0
     for row in rows.values():
       assert row['median_ms'] > 0 and row['compile_s'] > 0
+      assert row['vs_adamw'] == pytest.approx(
+          row['median_ms'] / rows['adamw']['median_ms'], rel=1e-6)
     # Optimizer state: Adam's two moments plus O(leaves) scalars, no more.
     p = result['param_bytes']
     assert rows['lambc']['state_bytes'] - 2 * p < 64 * result['leaves'] + 64
@@ -66,9 +68,10 @@ def test_lm_tokens_benchmark_compares_optimizers_in_one_run(tmp_path, capsys):
   rows = result['rows']
   assert set(rows) == {'adamw', 'optax.lamb', 'lamb', 'lambc',
                        'lambc+telemetry'}
-  assert rows['adamw']['vs_adamw'] == 1.0
-  assert rows['optax.lamb']['vs_optax_lamb'] == 1.0
   for row in rows.values():
+    for base, key in (('adamw', 'vs_adamw'), ('optax.lamb', 'vs_optax_lamb')):
+      assert row[key] == pytest.approx(
+          row['median_ms'] / rows[base]['median_ms'], rel=1e-3), (base, row)
     assert row['tokens_per_s'] > 0 and row['compile_s'] > 0
     assert math.isclose(row['tokens_per_s'] * row['median_ms'] / 1e3,
                         result['batch'] * result['seq_len'])

@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -53,7 +52,11 @@ def test_kill_and_resume_ends_where_uninterrupted_run_ends(tmp_path):
   train = [r for r in records if r['split'] == 'train']
   assert [r['step'] for r in train] == [2, 4, 5]
   assert any(k.startswith('trust_ratio/raw/') for k in train[-1])
-  assert 0 <= train[-1]['trust_ratio/clipped_upper_fraction'] <= 1
+  last = train[-1]
+  raw = {k.removeprefix('trust_ratio/raw/'): v for k, v in last.items()
+         if k.startswith('trust_ratio/raw/')}
+  cut = [last[f'trust_ratio/applied/{k}'] < v for k, v in raw.items()]
+  assert last['trust_ratio/clipped_upper_fraction'] == sum(cut) / len(cut)
   assert [r['step'] for r in records if r['split'] == 'eval'] == [5]
 
 
@@ -204,8 +207,8 @@ def test_heatmap_panel_says_whether_and_how_often_the_clip_bound():
     ('seq_len=100000', 'seq_len 100000 exceeds the transformer_tiny'),
 ])
 def test_cli_rejects_a_bad_value_before_jax_starts(setting, match):
-  # The check runs on the parsed config alone: JAX is never imported, and the
-  # error comes back in well under 3 s even on a loaded 2-core machine.
+  # The check runs on the parsed config alone: JAX is never imported (the
+  # timeout only catches a hang).
   code = ('import runpy, sys\n'
           "sys.argv = ['train', 'lm', '--workdir', '/nonexistent', '--set', "
           f"{setting!r}]\n"
@@ -213,13 +216,10 @@ def test_cli_rejects_a_bad_value_before_jax_starts(setting, match):
           "  runpy.run_module('examples.train', run_name='__main__')\n"
           'except SystemExit as e:\n'
           "  print('exit', e.code, 'jax' in sys.modules)\n")
-  t0 = time.perf_counter()
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
-  elapsed = time.perf_counter() - t0
   assert out.stdout.strip() == 'exit 2 False', out.stdout + out.stderr
   assert re.search(match, out.stderr), out.stderr
-  assert elapsed < 3.0, elapsed
 
 
 def test_config_tables_match_what_the_examples_build():
