@@ -20,11 +20,10 @@ A callable ``layer_axes`` or mask is therefore called once, by ``init``, on
 what ``init`` is given (Flax variables with their metadata, say), and never
 on the plain arrays ``update`` sees.
 
-The per-layer step reads each leaf once for both squared norms, sums each
-leaf's squares down to its layers (one reduction per leaf, so that a leaf
-sharded across chips gives per-layer partial sums that XLA adds with one
-combined all-reduce, never an all-gather), computes and clips every ratio in
-one vectorised expression, and scales each leaf by its entries.
+The per-layer step reads each leaf once for both squared norms, sums them
+down to its layers (:func:`layer_norms` says how, and why: no partial sum is
+gathered across chips under FSDP), computes and clips every ratio in one
+vectorised expression, and scales each leaf by its entries.
 
 Rules every layer follows: the ratio is 1 where the weight or the update
 norm is 0 (a fresh zero-initialised layer still moves) and NaN where the
@@ -261,27 +260,66 @@ def _safe_sqrt_jvp(primals, tangents):
   return y, jnp.where(zero, 0, dx / (2 * jnp.where(zero, 1, y)))
 
 
-def squares(x: jax.Array, grid_shape: tuple[int, ...], dtype: jnp.dtype
-            ) -> jax.Array:
-  """Each layer's sum of squared magnitudes, flat in C order: ``x`` summed
-  over the axes where ``grid_shape`` is 1."""
+SMALL_LAYER = 4096
+"""Elements per layer up to which a leaf's squares are summed in one pass."""
+
+
+def _squared(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
   x = x.astype(jnp.promote_types(x.dtype, dtype))
-  sq = (jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
-        ).astype(dtype)
-  axes = tuple(i for i, d in enumerate(grid_shape) if d == 1)
-  return jnp.sum(sq, axis=axes).reshape(-1)
+  return (jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
+          ).astype(dtype)
+
+
+def _partials(x: jax.Array, grid_shape: tuple[int, ...], dtype: jnp.dtype
+              ) -> jax.Array:
+  """``(layers, m)``: squares summed over every non-layer axis but the first
+  (of size ``m``), layer axes first: one row reduction per leaf."""
+  layer = [i for i, d in enumerate(grid_shape) if d != 1]
+  other = [i for i, d in enumerate(grid_shape) if d == 1]
+  s = jnp.sum(_squared(x, dtype), axis=tuple(other[1:]))
+  kept = sorted(layer + other[:1])
+  s = jnp.transpose(s, [kept.index(a) for a in layer + other[:1]])
+  return s.reshape(math.prod(grid_shape), -1)
 
 
 def layer_norms(leaves: list[list[jax.Array]], grids: list[jax.Array],
                 dtype: jnp.dtype, axis_name: str | tuple[str, ...] | None
                 ) -> jax.Array:
-  """``(len(leaves), layers)``: every layer's norm of each list of leaves;
-  ``axis_name`` sums the squares across mapped axes with one ``psum``."""
-  if not grids:
-    return jnp.zeros([len(leaves), 0], dtype)
-  sq = jnp.stack([jnp.concatenate([squares(x, g.shape, dtype) for x, g in
-                                   zip(xs, grids, strict=True)])
-                  for xs in leaves])
+  """``(len(leaves), layers)``: every layer's norm of each list of leaves.
+
+  The layout, chosen from compiled programs (``docs/performance.md``): a
+  leaf with at most :data:`SMALL_LAYER` elements per layer is summed per
+  layer in one reduction. A larger leaf is first summed over all but its
+  first non-layer axis (a row reduction: one pass on a GPU, where a full
+  reduction of a large array takes two kernels), and the partial sums of
+  all leaves of one shape and layer grid are stacked and summed together.
+  Partial sums of *different* leaves are combined only there, between
+  arrays that any shape-based sharding lays out alike, so under FSDP no
+  partial sum is gathered: each device sums what it holds, and XLA's
+  all-reduce combiner carries every layer's sums across chips in one
+  collective. ``axis_name`` sums across mapped axes (``shard_map``) with one
+  ``psum``.
+  """
+  groups: dict[Any, list[int]] = {}
+  for i, (x, g) in enumerate(zip(leaves[0], grids, strict=True)):
+    big = g.size and jnp.size(x) // g.size > SMALL_LAYER
+    groups.setdefault((jnp.shape(x), g.shape) if big else None, []).append(i)
+  rows = []
+  for xs in leaves:
+    sums: list[Any] = [None] * len(grids)
+    for key, members in groups.items():
+      if key is None:  # small leaves: one reduction each
+        for i in members:
+          axes = tuple(a for a, d in enumerate(grids[i].shape) if d == 1)
+          sums[i] = jnp.sum(_squared(xs[i], dtype), axis=axes).reshape(-1)
+        continue
+      total = jnp.concatenate([_partials(xs[i], grids[i].shape, dtype)
+                               for i in members]).sum(axis=1)
+      starts = np.cumsum([0] + [grids[i].size for i in members])
+      for i, a, b in zip(members, starts[:-1], starts[1:], strict=True):
+        sums[i] = total[a:b]
+    rows.append(jnp.concatenate(sums) if sums else jnp.zeros([0], dtype))
+  sq = jnp.stack(rows)
   return safe_sqrt(sq if axis_name is None else jax.lax.psum(sq, axis_name))
 
 
@@ -459,6 +497,6 @@ def leaf_norm(x: jax.typing.ArrayLike, layer_axes: Axes = None,
   x = jnp.asarray(x)
   axes = normalize_axes(layer_axes, x.ndim)
   shape = [d if i in axes else 1 for i, d in enumerate(x.shape)]
-  norms = layer_norms([[x]], [jnp.zeros(shape)], norm_dtype(x.dtype),
-                      axis_name)
+  norms = layer_norms([[x]], [jnp.zeros(shape, jnp.int8)],
+                      norm_dtype(x.dtype), axis_name)
   return norms[0].reshape([x.shape[a] for a in axes])
