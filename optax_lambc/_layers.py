@@ -401,14 +401,16 @@ def masked(inner: optax.GradientTransformation, mask: optax.MaskOrFn,
   def init_fn(params):
     keep = mask_flags(mask, params, name, layer_axes)
     treedef = jax.tree.structure(params, is_leaf=is_masked)
-    return FixedMaskState(
-        jax.tree.unflatten(treedef, [None if k else optax.MaskedNode()
-                                     for k in keep]),
+    record = jax.tree.unflatten(treedef, [None if k else optax.MaskedNode()
+                                          for k in keep])
+    return FixedMaskState(  # no leaves: no params-shaped record (see layers)
+        record if keep else jnp.zeros([0], bool),
         inner.init(view(params, treedef, keep)))
 
   def update_fn(updates, state, params=None, **extra_args):
     treedef = jax.tree.structure(updates, is_leaf=is_masked)
-    keep = [m is None for m in treedef.flatten_up_to(state.mask)]
+    keep = [m is None for m in treedef.flatten_up_to(state.mask)] if (
+        treedef.num_leaves) else []
     new, inner_state = inner.update(
         view(updates, treedef, keep), state.inner_state,
         None if params is None else view(params, treedef, keep), **extra_args)

@@ -42,7 +42,8 @@ def test_two_processes_match_one_process(tmp_path):
   script = os.path.join(SCRIPTS, 'multiprocess_check.py')
   port = str(_free_port())
   procs = [subprocess.Popen(
-      [sys.executable, script, str(i), '2', port, str(tmp_path), '2'],
+      [sys.executable, script, str(i), '2', port, str(tmp_path), '2',
+       'fsdp'],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=_env()) for i in range(2)]
   logs = [p.communicate(timeout=600)[0] for p in procs]
@@ -51,8 +52,8 @@ def test_two_processes_match_one_process(tmp_path):
   single = tmp_path / 'single'
   single.mkdir()
   out = subprocess.run([sys.executable, script, '0', '1', '0', str(single),
-                        '4'], capture_output=True, text=True, env=_env(),
-                       timeout=600)
+                        '4', 'fsdp'], capture_output=True, text=True,
+                       env=_env(), timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   p0 = np.load(tmp_path / 'params_0.npz')
   p1 = np.load(tmp_path / 'params_1.npz')
@@ -62,6 +63,12 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
     np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6,
                                err_msg=k)
+  # Every process holds the same per-layer telemetry, that of one process.
+  t0, t1, t_ref = (np.load(d / f'telemetry_{i}.npz') for d, i in (
+      (tmp_path, 0), (tmp_path, 1), (single, 0)))
+  assert t0['values'].shape[1] > 0
+  np.testing.assert_array_equal(t0['values'], t1['values'])
+  np.testing.assert_allclose(t0['values'], t_ref['values'], rtol=1e-5)
 
 
 def test_stacked_layers_sharded_equal_one_device():
@@ -72,6 +79,15 @@ def test_stacked_layers_sharded_equal_one_device():
   assert 'jit, layer axis sharded: 3 steps equal one device' in out.stdout
   assert 'jit, inner axis sharded: 3 steps equal one device' in out.stdout
   assert 'shard_map, inner axis sharded with axis_name' in out.stdout
+
+
+def test_fsdp_step_gathers_nothing_and_equals_one_device():
+  out = subprocess.run([sys.executable, os.path.join(
+      SCRIPTS, 'fsdp_check.py')], capture_output=True, text=True,
+                       env=_env(), timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert out.stdout.count('3 sharded steps equal one device') == 8
+  assert out.stdout.count(') OK\n') == 8 and 'FSDP OK' in out.stdout
 
 
 def test_fsdp_checkpoint_restores_into_shardings():

@@ -4,9 +4,12 @@
   batch is sharded on it and params/optimizer state are replicated. The mesh
   uses ``AxisType.Auto`` deliberately: GSPMD propagates shardings and the
   trust-ratio norms and BatchNorm means are global with no code change.
-* ``fsdp``: as ``jit``, but params and optimizer state are sharded over
-  ``data`` too (each leaf on its largest dimension divisible by the device
-  count); GSPMD gathers weights for the forward pass and keeps norms global.
+* ``fsdp``: as ``jit``, but the params and what mirrors them in the optimizer
+  state (Adam's moments, found with ``optax.tree.map_params``) are sharded
+  over ``data`` too, each leaf on its largest dimension divisible by the
+  device count; counts and per-layer vectors stay replicated. GSPMD gathers
+  weights for the forward pass and keeps norms global (one all-reduce for
+  every layer's trust-ratio norms).
 * ``pmap``: ``jax.pmap`` with ``lax.pmean`` of the gradients (pmap is in
   maintenance mode since JAX 0.8, implemented on jit + shard_map; kept for
   users who still use it).
@@ -23,6 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,6 +51,7 @@ class Parallel:
 
   mode: str
   mesh: jax.sharding.Mesh
+  tx: optax.GradientTransformation | None = None  # fsdp: what to shard
 
   @classmethod
   def create(cls, mode: str, global_batch_size: int) -> 'Parallel':
@@ -66,11 +71,21 @@ class Parallel:
     return 'data' if self.mode in ('pmap', 'shard_map') else None
 
   def state_shardings(self, state):
+    """Replicated; under ``fsdp`` the params and the optimizer state that
+    mirrors them sharded (``fsdp_spec``), the rest replicated (a prefix
+    tree: one sharding stands for a whole non-params subtree)."""
+    replicated = NamedSharding(self.mesh, P())
+    if self.mode != 'fsdp':
+      return jax.tree.map(lambda _: replicated, state)
     n = self.mesh.devices.size
-    if self.mode == 'fsdp':
-      return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(x, n)),
-                          state)
-    return jax.tree.map(lambda _: NamedSharding(self.mesh, P()), state)
+    params = jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(x, n)),
+                          state.params)
+    opt = optax.tree.map_params(self.tx, lambda _, sh: sh, state.opt_state,
+                                params, transform_non_params=lambda _:
+                                replicated)
+    return state._replace(step=replicated, params=params, opt_state=opt,
+                          batch_stats=jax.tree.map(lambda _: replicated,
+                                                   state.batch_stats))
 
   def place_state(self, state):
     """Puts a host/device state where the step expects it."""

@@ -109,6 +109,7 @@ def build(config: Config) -> Experiment:
                                params=params)
   if config.skip_nonfinite_steps:
     tx = optax.apply_if_finite(tx, config.skip_nonfinite_steps)
+  parallel = dataclasses.replace(parallel, tx=tx)
   opt_state = tx.init(params)
   state = TrainState(jnp.zeros([], jnp.int32), params, batch_stats, opt_state)
   task = tasks.task_for(config)
