@@ -189,6 +189,47 @@ def test_sigterm_prints_how_to_resume(tmp_path):
   assert lines[-1].endswith('rerun the same command to resume')
 
 
+def test_ctrl_c_on_the_shipped_digits_preset_checkpoints_and_resumes(
+    tmp_path):
+  # The preset as shipped: no periodic checkpoints (checkpoint_every_steps=0).
+  short = ['--set', 'global_batch_size=64', '--set', 'num_train_steps=16',
+           '--set', 'log_every_steps=1', '--set', 'progress=false']
+  cmd = lambda work, *extra: [sys.executable, '-m', 'examples.train',
+                              'digits', '--workdir', str(work), *short,
+                              *extra]
+  full = tmp_path / 'full'  # uninterrupted; it saves its final step only
+  out = subprocess.run(cmd(full, '--set', 'checkpoint_every_steps=16'),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  work = tmp_path / 'stopped'
+  start_ns = time.time_ns()
+  proc = subprocess.Popen(cmd(work), cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      _written_since(work, start_ns) and _last_step(work) >= 5):
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGINT)  # Ctrl-C
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  m = _STOPPED.search(err)
+  assert m and m.group(1) == m.group(2), err[-2000:]  # the message is true
+  stopped = int(m.group(1))
+  assert 5 <= stopped < 16
+  again = subprocess.run(cmd(work), cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resumed from step {stopped} ' in again.stdout, again.stdout
+  want, got = _final_checkpoint(full), _final_checkpoint(work)
+  assert want.keys() == got.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  assert [r for r in _rows(work) if r['split'] == 'eval'] == [
+      r for r in _rows(full) if r['split'] == 'eval']
+
+
 def test_nonfinite_loss_stops_with_the_layer_names(tmp_path):
   out = subprocess.run(_cmd(tmp_path, faults=True), cwd=ROOT,
                        env=_env(FAULT_NAN_AT_STEP='5'), capture_output=True,

@@ -21,16 +21,18 @@ Metrics stay on device between log steps: the step returns device scalars that
 are summed on device, and the host reads them every ``log_every_steps``.
 
 SIGTERM (a preemption) or Ctrl-C: the step in flight finishes and is
-checkpointed (all processes agree on it), then :class:`Interrupted` says how
-to resume.
+checkpointed, whatever ``checkpoint_every_steps`` says (all processes agree on
+the step), then :class:`Interrupted` says how to resume.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -241,11 +243,13 @@ def _restore_or_start(exp: Experiment, mngr, writer: MetricsWriter,
   return state, start
 
 
-def _should_checkpoint(config: Config, done: int, total: int) -> bool:
-  # On schedule and at the end; a run stopped early (stop_after_steps) saves
-  # nothing extra, like a real kill.
-  return bool(config.checkpoint_every_steps) and (
-      done % config.checkpoint_every_steps == 0 or done == total)
+def _should_checkpoint(config: Config, pos: 'Position', total: int) -> bool:
+  """On schedule, and at the end of a run that checkpoints (on schedule or
+  because a stop did): a rerun then finds the finished state. A run stopped
+  early by ``stop_after_steps`` saves nothing extra, like a real kill."""
+  every, done = config.checkpoint_every_steps, pos.step
+  return bool(every and done % every == 0) or (
+      done == total and (bool(every) or pos.checkpoint_step is not None))
 
 
 @dataclasses.dataclass
@@ -257,9 +261,10 @@ class Position:
 
 
 def _train_loop(exp: Experiment, state: TrainState, pos: Position,
-                writer: MetricsWriter, mngr,
+                writer: MetricsWriter, manager: Callable[[], Any],
                 stop_request: StopRequest) -> tuple[TrainState, dict]:
-  """Steps from ``pos.step`` to the stop step; logs, evaluates, checkpoints."""
+  """Steps from ``pos.step`` to the stop step; logs, evaluates, checkpoints
+  (``manager()`` gives the checkpoint manager, created on first use)."""
   config = exp.config
   eval_every = config.eval_every_steps or exp.steps_per_epoch
   stop = min(exp.total_steps, config.stop_after_steps or exp.total_steps)
@@ -281,16 +286,14 @@ def _train_loop(exp: Experiment, state: TrainState, pos: Position,
     if done % eval_every == 0 or done == exp.total_steps:
       result['eval'] = evaluate(exp, state)
       writer.write({'step': done, 'split': 'eval', **result['eval']})
-    if mngr is not None and _should_checkpoint(config, done,
-                                               exp.total_steps):
-      checkpoints.save(mngr, exp.parallel, exp.config, state)
+    if _should_checkpoint(config, pos, exp.total_steps):
+      checkpoints.save(manager(), exp.parallel, exp.config, state)
       pos.checkpoint_step = done
     if bar is not None:
       bar.update(1)
     if stop_request.agreed():
-      if mngr is not None and pos.checkpoint_step != done:
-        checkpoints.save(mngr, exp.parallel, exp.config,
-                         state)  # the step in flight
+      if pos.checkpoint_step != done:  # the step in flight, always
+        checkpoints.save(manager(), exp.parallel, exp.config, state)
         pos.checkpoint_step = done
       if bar is not None:
         bar.close()  # the stop message then prints on its own line
@@ -324,9 +327,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(dataclasses.asdict(config), f, indent=1)
   writer = MetricsWriter(workdir)
-  mngr = (checkpoints.manager(workdir) if config.checkpoint_every_steps
-          else None)
-  state, start = _restore_or_start(exp, mngr, writer, workdir)
+  manager = functools.cache(lambda: checkpoints.manager(workdir))
+  existing = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  state, start = _restore_or_start(exp, manager() if existing else None,
+                                   writer, workdir)
   pos = Position(start, start if start else None)
   # SIGTERM (a scheduler's stop) and Ctrl-C end the run after the step in
   # flight; Python allows handlers only in the main thread.
@@ -335,7 +339,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   main = threading.current_thread() is threading.main_thread()
   previous = [signal.signal(s, stop_request) for s in signals] if main else []
   try:
-    state, result = _train_loop(exp, state, pos, writer, mngr, stop_request)
+    state, result = _train_loop(exp, state, pos, writer, manager,
+                                stop_request)
   except KeyboardInterrupt:
     raise Interrupted(pos.step, pos.checkpoint_step) from None
   finally:
