@@ -1,6 +1,7 @@
 """End-to-end runs of the examples on mock data: train, kill, resume."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -268,3 +269,48 @@ def test_tensorboard_summaries_beside_the_jsonl(tmp_path):
   assert set(scalars['eval/accuracy']) == {4}
   key = 'trust_ratio/applied/conv1/kernel'
   assert scalars[f'train/{key}'][4] == pytest.approx(train[-1][key])
+
+
+@pytest.mark.parametrize('preset,settings', [
+    ('digits', ['optimizer=lamb']),
+    ('digits', ['max_trust_ratio=none']),
+    ('cifar10', ['mock_data=true', 'width=4', 'global_batch_size=32',
+                 'mock_num_examples=64', 'optimizer=lamb']),
+], ids=['lamb', 'unbounded_lambc', 'mock_cifar10'])
+def test_runs_print_no_warnings_and_log_strict_json_and_tensorboard(
+    preset, settings, tmp_path):
+  args = [sys.executable, '-m', 'examples.train', preset, '--workdir',
+          str(tmp_path), '--set', 'num_train_steps=4', '--set',
+          'log_every_steps=2', '--set', 'eval_every_steps=4']
+  for item in settings:
+    args += ['--set', item]
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  noisy = [line for line in (out.stdout + out.stderr).splitlines()
+           if re.search(r'warn', line, re.I)]
+  assert not noisy, noisy[:5]
+
+  def reject(token):
+    raise ValueError(token)
+  rows = [json.loads(line, parse_constant=reject) for line in
+          (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train = [r for r in rows if r['split'] == 'train']
+  # No upper bound: logged as "Infinity" (strict JSON), read back as inf.
+  uppers = [v for k, v in train[-1].items()
+            if k.startswith('trust_ratio/upper/')]
+  assert uppers and set(uppers) == {'Infinity'}, uppers
+  from examples.lib import plots  # pylint: disable=g-import-not-at-top
+  decoded = [r for r in plots.read_metrics(str(tmp_path))
+             if r['split'] == 'train']
+  assert all(math.isinf(v) for k, v in decoded[-1].items()
+             if k.startswith('trust_ratio/upper/'))
+  # TensorBoard's own reader: the finite scalars, and no infinite bounds.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  events.Reload()
+  tags = events.Tags()['scalars']
+  assert 'train/loss' in tags and 'eval/accuracy' in tags
+  assert any(t.startswith('train/trust_ratio/raw/') for t in tags)
+  assert not any(t.startswith('train/trust_ratio/upper/') for t in tags)
+  assert [e.step for e in events.Scalars('train/loss')] == [2, 4]

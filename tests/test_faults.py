@@ -52,6 +52,10 @@ def _rows(workdir) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _reject(token: str):
+  raise ValueError(f'not strict JSON: {token}')
+
+
 def _last_step(workdir) -> int:
   try:
     return max((r['step'] for r in _rows(workdir)), default=0)
@@ -240,6 +244,10 @@ def test_nonfinite_loss_stops_with_the_layer_names(tmp_path):
   assert "'conv1/kernel'" in out.stderr  # a layer is named
   rows = _rows(tmp_path)
   assert max(r['step'] for r in rows) == 6  # stopped at the next log step
+  # The NaN loss is logged as strict JSON (a string a strict parser takes).
+  strict = [json.loads(line, parse_constant=_reject) for line in
+            (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert strict[-1]['step'] == 6 and strict[-1]['loss'] == 'NaN'
 
 
 def test_skip_nonfinite_steps_counts_and_names_them(tmp_path):

@@ -9,6 +9,7 @@ store it and a resumed run continues with the exact batches it would have seen.
 """
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 import grain
@@ -62,12 +63,32 @@ def get_source(config: Config, split: str) -> Sequence[dict]:
   return tasks.task_for(config).wrap_rows(_tfds_source(config, split), config)
 
 
+class _DropMessage(logging.Filter):
+  """Drops the log records whose message contains ``text``."""
+
+  def __init__(self, text: str):
+    super().__init__()
+    self.text = text
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return self.text not in record.getMessage()
+
+
 def _tfds_source(config: Config, split: str) -> Sequence[dict]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if config.mock_data:
-    with tfds.testing.mock_data(num_examples=config.mock_num_examples):
-      src = tfds.data_source(config.dataset, split=split)
-      return [src[i] for i in range(len(src))]
+    # tfds's mock builds the dataset in a fake data_dir that has no metadata
+    # and says so on every call ("Variant folder ... has no
+    # dataset_info.json"): expected there, so that one message is dropped.
+    absl = logging.getLogger('absl')
+    quiet = _DropMessage('has no dataset_info.json')
+    absl.addFilter(quiet)
+    try:
+      with tfds.testing.mock_data(num_examples=config.mock_num_examples):
+        src = tfds.data_source(config.dataset, split=split)
+        return [src[i] for i in range(len(src))]
+    finally:
+      absl.removeFilter(quiet)
   try:
     return tfds.data_source(config.dataset, split=split,
                             data_dir=config.data_dir, download=False)
