@@ -25,8 +25,18 @@ block). Optimizers: ``optax.adamw``, ``optax.lamb``, ``lambc``, and
 examples' LM train step (forward, backward, optimizer, metrics) is compiled
 for H100 too, AdamW against lambc with telemetry.
 
+With ``--fsdp`` it also compiles the step for an 8-chip TPU v5e slice
+(``v5e:2x4``) with the params, gradients and Adam moments (LARC's momentum)
+sharded over all 8 chips, each leaf on its largest axis divisible by 8 (the
+rule of the examples' ``fsdp`` mode, ``examples.lib.parallel.fsdp_spec``)
+and, separately, on its first such axis; the rest of the state replicated.
+It counts the collectives per step by kind, with the bytes each moves, for
+AdamW, ``optax.lamb``, ``lambc`` and ``larc``, on both trees and on the
+examples' LM.
+
   python -m benchmarks.accelerator_step                   # all, ~10 min
   python -m benchmarks.accelerator_step --targets h100 --trees stacked
+  python -m benchmarks.accelerator_step --targets --fsdp  # collectives only
 """
 
 import argparse
@@ -208,6 +218,83 @@ def trees(name: str) -> tuple[dict, Any]:
   raise ValueError(f'unknown tree {name!r}')
 
 
+_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
+                'collective-permute')
+
+
+def collectives(hlo: str) -> dict[str, list[int]]:
+  """Per collective kind, the bytes each op of it moves (its result's; an
+  async pair counts once, at its ``-start``)."""
+  out: dict[str, list[int]] = {k: [] for k in _COLLECTIVES}
+  for _, result, opcode, _ in _entry_ops(hlo):
+    kind = opcode.removesuffix('-start')
+    if kind in out and not opcode.endswith('-done'):
+      out[kind].append(_array_bytes(result))
+  return out
+
+
+def fsdp_spec(shape: tuple[int, ...], rule: str, n: int = 8):
+  """``rule='largest'``: the examples' ``fsdp_spec``; ``'first'``: the
+  first axis divisible by ``n``. Leaves with no such axis are replicated."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from examples.lib import parallel  # pylint: disable=g-import-not-at-top
+  if rule == 'largest':
+    return parallel.fsdp_spec(np.zeros(shape, np.int8), n)
+  dims = [i for i, d in enumerate(shape) if d % n == 0 and d >= n][:1]
+  return P(*[('data' if i in dims else None) for i in range(len(shape))])
+
+
+def fsdp_rows(shapes: Any, layer_axes: Any, rule: str,
+              tree: str) -> dict[str, dict]:
+  """Collectives of the donated optimizer step on ``v5e:2x4``, FSDP."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  topo = topologies.get_topology_desc(topology_name='v5e:2x4',
+                                      platform='tpu')
+  mesh = jax.sharding.Mesh(np.array(topo.devices).reshape(8), ('data',))
+  sharding = lambda s: NamedSharding(mesh, fsdp_spec(s, rule))
+  params = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding(s)),
+      shapes, is_leaf=_is_shape)
+  param_sh = jax.tree.map(lambda p: p.sharding, params)
+  opts = {name: opt for name, (opt, telemetry) in
+          optimizers(layer_axes).items() if not telemetry}
+  opts['larc'] = optax_lambc.larc(1e-3, 1e-2, layer_axes=layer_axes)
+  rows = {}
+  for name, opt in opts.items():
+    abstract = jax.eval_shape(opt.init, params)
+    state_sh = optax.tree.map_params(
+        opt, lambda _, sh: sh, abstract, param_sh,
+        transform_non_params=lambda _: NamedSharding(mesh, P()))
+    state = jax.tree.map(lambda sh, sub: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), sub),
+                         state_sh, abstract)
+
+    def step(grads, params, state, opt=opt):
+      updates, state = opt.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(1, 2),
+                       out_shardings=(param_sh, state_sh)).lower(
+                           params, params, state).compile()
+    rows[name] = {k: {'ops': len(v), 'bytes': v} for k, v in
+                  collectives(compiled.as_text()).items() if v}
+    print(f'  v5e:2x4 fsdp({rule}) {tree:9} {name:12} '
+          f'{ {k: v["ops"] for k, v in rows[name].items()} }', flush=True)
+  return rows
+
+
+def lm_shapes(model: str) -> tuple[dict, Any]:
+  """The examples' LM params (shapes, as a plain tree) and layer axes."""
+  from examples.lib import models  # pylint: disable=g-import-not-at-top
+  with jax.default_device(jax.devices('cpu')[0]):
+    m = models.create_model(model, 256, 0, 0)
+    axes = models.layer_axes(m)
+    _, params, _ = models.split(m)
+  return jax.tree.map(lambda x: tuple(x.shape),
+                      params.to_pure_dict()), axes
+
+
 def optimizers(layer_axes: Any) -> dict[str, tuple[Any, bool]]:
   """name -> (optimizer, whether the step returns trust-ratio telemetry)."""
   return {
@@ -311,10 +398,12 @@ def lm_rows(target: Target, model: str) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--targets', nargs='+', default=['h100', 'v5e'])
+  parser.add_argument('--targets', nargs='*', default=['h100', 'v5e'])
   parser.add_argument('--trees', nargs='+', default=['unrolled', 'stacked'])
   parser.add_argument('--lm-model', default='transformer_small',
                       help="the LM step's model ('' to skip)")
+  parser.add_argument('--fsdp', action='store_true',
+                      help='also the FSDP collectives on a v5e:2x4 slice')
   parser.add_argument('--json', help='write the results here')
   args = parser.parse_args(argv)
   jax.config.update('jax_platforms', 'cpu')
@@ -331,6 +420,14 @@ def main(argv: list[str] | None = None) -> dict:
     if name == 'h100' and args.lm_model:
       result['rows'][f'{name}/lm:{args.lm_model}'] = lm_rows(
           target, args.lm_model)
+  if args.fsdp:
+    result['fsdp'] = {}
+    trees_ = {t: trees(t) for t in args.trees}
+    if args.lm_model:
+      trees_[f'lm:{args.lm_model}'] = lm_shapes(args.lm_model)
+    for tree, (shapes, axes) in trees_.items():
+      for rule in ('largest', 'first'):
+        result['fsdp'][f'{tree}/{rule}'] = fsdp_rows(shapes, axes, rule, tree)
   print_table(result)
   if args.json:
     with open(args.json, 'w', encoding='utf-8') as f:
@@ -339,6 +436,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_table(result: dict) -> None:
+  if result.get('fsdp'):
+    print('\nFSDP on v5e:2x4 (8 chips), BERT-base float32 donated step: '
+          'collectives per step (ops; KiB moved)')
+    for key, rows in result['fsdp'].items():
+      for name, kinds in rows.items():
+        text = ', '.join(f"{k} {v['ops']} ({sum(v['bytes']) / 1024:.1f} "
+                         'KiB)' for k, v in kinds.items()) or 'none'
+        print(f'  {key:32}{name:12} {text}')
   print(f"\nCompiled ahead of time on {result['host']}, jax {result['jax']}, "
         f"optax {result['optax']}, optax_lambc {result['optax_lambc']}, "
         f"{result['date']}. BERT-base float32, donated update + "

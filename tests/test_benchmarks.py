@@ -143,3 +143,26 @@ def test_release_ab_runs_against_a_checkout(tmp_path):
   assert json.loads(out.read_text())['trees']['tiny'].keys() == rows.keys()
   (row,) = rows.values()  # one version string: both copies are 0.3
   assert row['median_ms'] > 0 and row['vs_baseline'] == 1.0
+
+
+def test_code_lines_counts_statements_not_docstrings_or_comments():
+  from benchmarks import code_lines  # pylint: disable=g-import-not-at-top
+  source = '''"""Module docstring."""
+
+import os  # a comment
+
+
+@decorator
+def f(a,
+      b):
+  """Docstring, not code."""
+  # a comment line
+  if a:
+    return (a +
+            b)
+  else:
+    return os
+'''
+  # Lines: import, decorator + def header (3), if, return (2), else,
+  # return; statements: import, def, if and the two returns.
+  assert code_lines.count(source) == (9, 5)
