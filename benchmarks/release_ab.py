@@ -40,7 +40,8 @@ def ab(tree: str, baseline, runs: int) -> dict:
     for _ in range(3):
       params, state, _ = compiled(params, state, grads)
     jax.block_until_ready(params)
-    rows[lib.__version__] = [compiled, params, state, []]
+    label = f"{lib.__version__} ({'baseline' if lib is baseline else 'this'})"
+    rows[label] = [compiled, params, state, []]
   for _ in range(runs):
     for row in rows.values():
       compiled, params, state, times = row
@@ -49,7 +50,7 @@ def ab(tree: str, baseline, runs: int) -> dict:
       jax.block_until_ready((params, aux))
       times.append(time.perf_counter() - t0)
       row[1], row[2] = params, state
-  base = statistics.median(rows[baseline.__version__][3])
+  base = statistics.median(next(iter(rows.values()))[3])  # the baseline
   return {version: {'median_ms': statistics.median(t) * 1e3,
                     'iqr_ms': [float(np.percentile(t, 25) * 1e3),
                                float(np.percentile(t, 75) * 1e3)],

@@ -113,6 +113,29 @@ def test_hbm_and_op_counting_on_handwritten_hlo():
       'launches': 2, 'kernels': 1, 'copy_thunks': 1}
 
 
+COLLECTIVE_HLO = """HloModule jit_fsdp
+
+ENTRY %main.2 (p0: f32[8,4], p1: f32[2]) -> f32[64,4] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %p1 = f32[2]{0} parameter(1)
+  %all-gather = f32[64,4]{1,0} all-gather(%p0), dimensions={0}
+  %all-reduce-start = (f32[2]{0}, f32[3]{0}) all-reduce-start(%p1, %p1), to_apply=%add
+  %all-reduce-done = (f32[2]{0}, f32[3]{0}) all-reduce-done(%all-reduce-start)
+  %all-reduce.1 = f32[] all-reduce(%p1), to_apply=%add
+  ROOT %out = f32[64,4]{1,0} copy(%all-gather)
+}
+"""  # noqa: E501
+
+
+def test_collectives_are_counted_by_kind_with_their_bytes():
+  got = accelerator_step.collectives(COLLECTIVE_HLO)
+  # The gather's result is 64 x 4 floats; the async all-reduce (a tuple of
+  # 2 + 3 floats) counts once, at its -start; the scalar one moves 4 bytes.
+  assert got['all-gather'] == [1024]
+  assert sorted(got['all-reduce']) == [4, 20]
+  assert got['reduce-scatter'] == got['all-to-all'] == []
+
+
 def test_adamw_moves_whole_passes_on_the_cpu_backend():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -141,8 +164,11 @@ def test_release_ab_runs_against_a_checkout(tmp_path):
                             '3', '--json', str(out)])
   rows = result['trees']['tiny']
   assert json.loads(out.read_text())['trees']['tiny'].keys() == rows.keys()
-  (row,) = rows.values()  # one version string: both copies are 0.3
-  assert row['median_ms'] > 0 and row['vs_baseline'] == 1.0
+  base, this = rows.values()  # two copies of one version, both timed
+  assert list(rows)[0].endswith('(baseline)') and list(rows)[1].endswith(
+      '(this)')
+  assert base['median_ms'] > 0 and this['vs_baseline'] == pytest.approx(
+      this['median_ms'] / base['median_ms'])
 
 
 def test_code_lines_counts_statements_not_docstrings_or_comments():
