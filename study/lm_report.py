@@ -131,8 +131,7 @@ def _figures(root: str, study: Study, seq_len: int) -> list[str]:
             f"{study.plan.noise_micro_batch})\nmedian over the middle half: "
             f'{study.noise:.1f} sequences; flat lines: the studied batches',
       xlabel='training bytes (millions)',
-      ylabel=f'B_simple (sequences of {seq_len} bytes)',
-      higher_is_better=False, log_y=True))
+      ylabel=f'B_simple (sequences of {seq_len} bytes)', log_y=True))
   for batch in study.batches:
     curves = {}
     for opt in study.plan.optimizers:
@@ -153,7 +152,7 @@ def _figures(root: str, study: Study, seq_len: int) -> list[str]:
               f'{batch}\nmean over {len(study.plan.final_seeds)} seeds; '
               'band: min-max',
         xlabel='training bytes (millions)',
-        ylabel='validation bits per byte', higher_is_better=False))
+        ylabel='validation bits per byte'))
   largest = study.batches[-1]
   panels = {}
   for r in study.finals:

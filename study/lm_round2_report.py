@@ -320,8 +320,7 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
       title=f'Gradient noise scale along LAMB runs (batch '
             f'{plan.noise_batch}), {len(noise)} seeds',
       xlabel='training bytes (millions)',
-      ylabel=f'B_simple (sequences of {seq_len} bytes)',
-      higher_is_better=False, log_y=True))
+      ylabel=f'B_simple (sequences of {seq_len} bytes)', log_y=True))
   for name, finals, tokens in (
       ('mechanism', result.finals, 1),
       ('long', {a: result.long_finals[a] for a in result.long_arms},
@@ -332,7 +331,7 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
         title=f'Validation bits/byte (fixed sample), batch {plan.batch}, '
               f'{tokens}× bytes\nmean over {len(plan.final_seeds)} seeds; '
               'band: min-max', xlabel='training bytes (millions)',
-        ylabel='validation bits per byte', higher_is_better=False))
+        ylabel='validation bits per byte'))
   rates = {}
   for arm in plan.headroom:
     by: dict[float, list[float]] = {}
@@ -349,7 +348,7 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
       title=f'Test bits/byte against the learning rate, batch '
             f'{plan.small_batch}\nmean over {len(plan.final_seeds)} seeds; '
             'band: 95 % interval', xlabel='learning rate',
-      ylabel='test bits per byte', higher_is_better=False, log_x=True))
+      ylabel='test bits per byte', log_x=True))
   return paths
 
 

@@ -157,10 +157,14 @@ def test_plot_command_writes_curves_and_heatmaps(tmp_path):
   config = digits().replace(num_train_steps=4, log_every_steps=1,
                             progress=False)
   train_lib.train_and_evaluate(config, str(tmp_path))
+  # Training wrote its plots; the command writes them again.
+  names = ('loss.png', 'accuracy.png', 'trust_ratio_raw.png',
+           'trust_ratio_applied.png')
+  written = {n: (tmp_path / n).stat().st_mtime_ns for n in names}
   plot.main(['--workdir', str(tmp_path)])
-  for name in ('accuracy.png', 'trust_ratio_raw.png',
-               'trust_ratio_applied.png'):
+  for name in names:
     assert (tmp_path / name).stat().st_size > 1000
+    assert (tmp_path / name).stat().st_mtime_ns >= written[name]
 
 
 def test_stacked_layers_demo_shows_the_problem_and_the_fix():

@@ -222,6 +222,9 @@ def test_ctrl_c_on_the_shipped_digits_preset_checkpoints_and_resumes(
   assert m and m.group(1) == m.group(2), err[-2000:]  # the message is true
   stopped = int(m.group(1))
   assert 5 <= stopped < 16
+  # The stop wrote the plots of what was logged.
+  for name in ('loss.png', 'accuracy.png', 'trust_ratio_raw.png'):
+    assert (work / name).stat().st_size > 1000, name
   again = subprocess.run(cmd(work), cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]

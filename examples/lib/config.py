@@ -64,6 +64,7 @@ class Config:
   # Parallelism.
   parallel: str = 'jit'  # jit | pmap | shard_map | fsdp
   progress: bool = True  # tqdm progress bar
+  plots: bool = True  # curves and heat-maps at the end and on a stop
 
   @property
   def language_model(self) -> bool:

@@ -57,22 +57,18 @@ _STYLES = [('-', 'o'), ('--', 's'), ('-.', '^'), (':', 'D'), ('-', 'v'),
 def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
                 title: str = '', xlabel: str = 'step',
                 ylabel: str = 'test accuracy',
-                higher_is_better: bool = True, log_y: bool = False,
-                log_x: bool = False) -> str:
-  """One line per label.
+                log_y: bool = False, log_x: bool = False) -> str:
+  """One line per label, every point shown.
 
   ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
   a mean over seeds drawn with a shaded ``[lo, hi]`` band. Every line has its
-  own style and marker, so curves that coincide stay distinguishable, and the
-  y-axis is cut where the curves have left their first quarter (the
-  interesting region: the bottom for an accuracy, capped at 1; the top for a
-  loss, ``higher_is_better=False``). ``log_y``: a logarithmic y-axis over
-  the whole range instead (non-positive values are dropped); ``log_x``: a
-  logarithmic x-axis.
+  own style and its own markers (staggered, hollow and larger for each
+  later line), so curves that coincide stay distinguishable. The axes cover every point (an accuracy's
+  at most 1). ``log_y`` / ``log_x``: logarithmic axes (non-positive values
+  dropped).
   """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  tails, ends = [], []
   for i, (label, points) in enumerate(curves.items()):
     points = [p for p in points if np.isfinite(p[1]) and
               (p[1] > 0 or not log_y)]
@@ -81,30 +77,20 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
     cols = list(zip(*points, strict=True))
     x, y = np.asarray(cols[0]), np.asarray(cols[1])
     style, marker = _STYLES[i % len(_STYLES)]
-    line, = ax.plot(x, y, style, marker=marker, markevery=max(1, len(x) // 8),
-                    markersize=4, label=label, linewidth=1.4)
-    lo = hi = y
+    every = max(1, len(x) // 8)
+    # Staggered markers, and hollow ones growing with i: where curves
+    # coincide, their markers nest instead of hiding each other.
+    line, = ax.plot(x, y, style, marker=marker, markersize=4 + 2.5 * i,
+                    fillstyle='full' if i == 0 else 'none', label=label,
+                    linewidth=1.4, markevery=(i * every // max(
+                        1, len(curves)) % every, every))
     if len(cols) == 4:
-      lo, hi = np.asarray(cols[2]), np.asarray(cols[3])
-      ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15,
-                      linewidth=0)
-    tails.append((lo if higher_is_better else hi)[len(lo) // 4:])
-    ends.append(hi if higher_is_better else lo)
+      ax.fill_between(x, np.asarray(cols[2]), np.asarray(cols[3]),
+                      color=line.get_color(), alpha=0.15, linewidth=0)
   if log_x:
     ax.set_xscale('log')
   if log_y:
     ax.set_yscale('log')
-  elif tails:
-    tail = np.concatenate(tails)
-    tail = tail[np.isfinite(tail)]
-    end = np.concatenate(ends)
-    end = end[np.isfinite(end)]
-    if higher_is_better:
-      bottom, top = float(np.min(tail)), min(1.0, float(np.max(end)))
-    else:
-      bottom, top = float(np.min(end)), float(np.max(tail))
-    pad = max(0.01, 0.05 * (top - bottom))
-    ax.set_ylim(bottom - pad, top + pad)
   return _save(plt, fig, ax, out, title, xlabel, ylabel)
 
 
@@ -125,12 +111,6 @@ def clip_summary(records: list[dict]) -> str:
   if upper.size and np.all(np.isposinf(upper)):
     return 'no upper bound'
   return 'the clip never bound'
-
-
-def plot_trust_ratio_heatmap(records: list[dict], out: str,
-                             field: str = 'raw') -> str:
-  """Layer x step heat-map of log10 of a trust-ratio field."""
-  return plot_trust_ratio_heatmaps({'': records}, out, field)
 
 
 def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
@@ -213,21 +193,23 @@ def run_title(workdir: str) -> tuple[str, str]:
 
 def plot_run(workdir: str) -> list[str]:
   """Learning curves and trust-ratio heat-maps for one training run:
-  ``accuracy.png`` for a classifier, ``bits_per_byte.png`` for a language
-  model; ``trust_ratio_raw.png`` marks the cells where the clip bound."""
+  ``loss.png``, and ``accuracy.png`` for a classifier or
+  ``bits_per_byte.png`` for a language model, train and eval curves with
+  every logged point; ``trust_ratio_raw.png`` marks the cells where the clip
+  bound. Training writes them at the end of a run and on a stop."""
   records = read_metrics(workdir)
   lm = any('bits_per_byte' in r for r in records)
-  key = 'bits_per_byte' if lm else 'accuracy'
   title, split = run_title(workdir)
-  curves = {
-      'train split (mean over each log interval)': [
-          (r['step'], r[key]) for r in records if r['split'] == 'train'],
-      f'{split} split': [(r['step'], r[key]) for r in records
-                         if r['split'] == 'eval'],
-  }
-  outs = [plot_curves(curves, os.path.join(workdir, f'{key}.png'),
-                      title=title, ylabel=key.replace('_', ' '),
-                      higher_is_better=not lm)]
+  outs = []
+  for key in ('loss', 'bits_per_byte' if lm else 'accuracy'):
+    curves = {
+        'train split (mean over each log interval)': [
+            (r['step'], r[key]) for r in records if r['split'] == 'train'
+            and key in r],
+        f'{split} split': [(r['step'], r[key]) for r in records
+                           if r['split'] == 'eval' and key in r]}
+    outs.append(plot_curves(curves, os.path.join(workdir, f'{key}.png'),
+                            title=title, ylabel=key.replace('_', ' ')))
   if any(k.startswith('trust_ratio/raw/') for r in records for k in r):
     for field in ('raw', 'applied'):
       outs.append(plot_trust_ratio_heatmaps(

@@ -2,8 +2,9 @@
 
 ``train_and_evaluate(config, workdir)`` builds the model, the optimizer and the
 input pipeline from a Config; compiles one step for the chosen parallel mode;
-trains with a progress bar; evaluates; writes ``config.json``, and the metrics
-as ``metrics.jsonl`` and TensorBoard summaries (process 0; ``metrics``); and
+trains with a progress bar; evaluates; writes ``config.json``, the metrics as
+``metrics.jsonl`` and TensorBoard summaries, and at the end (or on a stop) the
+plots of ``plots.plot_run`` (process 0; ``metrics``, ``plots``); and
 checkpoints with orbax: a structured tree ``{'params', 'batch_stats',
 'opt_state', 'step'}`` (bound-policy state included) plus JSON metadata (data
 position, config). Rerunning with the same workdir resumes from the latest
@@ -342,12 +343,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     state, result = _train_loop(exp, state, pos, writer, manager,
                                 stop_request)
   except KeyboardInterrupt:
+    _write_plots(config, workdir)
     raise Interrupted(pos.step, pos.checkpoint_step) from None
   finally:
     writer.close()
     # previous is empty off the main thread.
     for sig, handler in zip(signals, previous, strict=False):
       signal.signal(sig, handler)
+  _write_plots(config, workdir)
   result['state'] = exp.parallel.unplace_state(state)
   data = dict(exp.data_info) if exp.data_info is not None else None
   if result['steps'] == exp.total_steps:
@@ -360,6 +363,16 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   if data is not None:
     result['data'] = data
   return result
+
+
+def _write_plots(config: Config, workdir: str) -> None:
+  """The run's curves and trust-ratio heat-maps (``plots.plot_run``), by
+  process 0, once anything has been logged."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if config.plots and jax.process_index() == 0 and os.path.exists(path) and (
+      os.path.getsize(path)):
+    from examples.lib import plots  # pylint: disable=g-import-not-at-top
+    plots.plot_run(workdir)
 
 
 def _progress(config: Config, total: int, start: int):
