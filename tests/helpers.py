@@ -7,6 +7,28 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# (jit, dtype, rtol) of the reference comparisons: jitted in float32 and
+# float64, eager in float32 (eager float64 adds nothing the other two miss).
+MODES = [(True, np.float32, 1e-5), (True, np.float64, 1e-10),
+         (False, np.float32, 1e-5)]
+MODE_IDS = ['jit-f32', 'jit-f64', 'nojit-f32']
+
+
+def matrix(cases: list, also: int = 2) -> list:
+  """``pytest.param(*case, jit, dtype, rtol)`` for every case jitted in
+  float32, and for the first ``also`` cases in the other modes too: every
+  case meets the arithmetic once, every mode meets several cases."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  out = []
+  for i, case in enumerate(cases):
+    case = case if isinstance(case, tuple) else (case,)
+    for j, (mode, name) in enumerate(zip(MODES, MODE_IDS, strict=True)):
+      if j == 0 or i < also:
+        out.append(pytest.param(*case, *mode,
+                                id=f'{name}-{"-".join(map(str, case))}'))
+  return out
+
+
 def stable_seed(*parts) -> int:
   """A seed in [0, 1000) derived from ``parts``, the same in every process.
 
@@ -57,13 +79,17 @@ class GradFn:
 
 
 def run_lockstep(opt, ref, params_tree, steps, seed=0, jit=True,
-                 check_every=10, rtol=1e-5, on_step=None):
+                 check_every=10, rtol=1e-5, on_step=None, on_step_every=3):
   """Runs a JAX optimizer and a NumPy reference side by side and compares.
 
   Both get gradients from the same rule applied to their own params. Params
   are compared every ``check_every`` steps and at the end; ``on_step(state,
-  ref, step)`` may add checks (e.g. on the telemetry).
+  ref, step)`` may add checks (e.g. on the telemetry), every
+  ``on_step_every`` steps and at the end. Without ``jit`` at
+  most 20 steps run: eager steps are slow, and the same arithmetic runs in
+  every step, so a short run shows their agreement as well.
   """
+  steps = steps if jit else min(steps, 20)
   leaves, treedef = jax.tree.flatten(params_tree)
   grad_fn = GradFn(leaves, seed, steps)
   params = jax.tree.map(jnp.asarray, params_tree)
@@ -81,7 +107,7 @@ def run_lockstep(opt, ref, params_tree, steps, seed=0, jit=True,
     grads = jax.tree.unflatten(treedef, grad_fn(jax_leaves, t))
     params, state = step_fn(grads, state, params)
     ref_params = ref.step(grad_fn(ref_params, t), ref_params)
-    if on_step is not None:
+    if on_step is not None and (t % on_step_every == 0 or t == steps - 1):
       on_step(state, ref, t)
     if (t + 1) % check_every == 0 or t == steps - 1:
       for path_leaf, r in zip(jax.tree_util.tree_flatten_with_path(params)[0],

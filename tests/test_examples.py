@@ -13,7 +13,6 @@ import pytest
 
 from examples.configs import cifar10, digits, imagenet64
 from examples.lib import config as config_lib
-from examples.lib import parallel as parallel_lib
 from examples.lib import train as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,7 +217,7 @@ def test_cli_rejects_a_bad_value_before_jax_starts(setting, match):
           "sys.argv = ['train', 'lm', '--workdir', '/nonexistent', '--set', "
           f"{setting!r}]\n"
           'try:\n'
-          "  runpy.run_module('examples.train', run_name='__main__')\n"
+          "  runpy.run_module('examples.main', run_name='__main__')\n"
           'except SystemExit as e:\n'
           "  print('exit', e.code, 'jax' in sys.modules)\n")
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
@@ -227,14 +226,15 @@ def test_cli_rejects_a_bad_value_before_jax_starts(setting, match):
   assert re.search(match, out.stderr), out.stderr
 
 
-def test_config_tables_match_what_the_examples_build():
-  from examples.lib import models, transformer  # pylint: disable=g-import-not-at-top
-  assert set(config_lib.CLASSIFIERS) | set(
-      config_lib.TRANSFORMER_MAX_LEN) == set(models.MODELS)
-  for name, max_len in config_lib.TRANSFORMER_MAX_LEN.items():
-    assert transformer.SIZES[name.removeprefix('transformer_')].max_len == (
-        max_len)
-  assert set(config_lib.PARALLEL_MODES) == set(parallel_lib.MODES)
+def test_every_model_the_config_accepts_is_built():
+  from examples.lib import models  # pylint: disable=g-import-not-at-top
+  for name in (*config_lib.CLASSIFIERS, *config_lib.TRANSFORMERS):
+    model = models.create_model(name, 10, 4, 0)
+    kind = ('TransformerLM' if name in config_lib.TRANSFORMERS else
+            'SmallCNN' if config_lib.CLASSIFIERS[name] is None else 'ResNet')
+    assert type(model).__name__ == kind, name
+  with pytest.raises(ValueError, match="unknown model 'vit'"):
+    models.create_model('vit', 10, 4, 0)
 
 
 def _read_events(logdir) -> list:
@@ -283,7 +283,7 @@ def test_tensorboard_summaries_beside_the_jsonl(tmp_path):
 ], ids=['lamb', 'unbounded_lambc', 'mock_cifar10'])
 def test_runs_print_no_warnings_and_log_strict_json_and_tensorboard(
     preset, settings, tmp_path):
-  args = [sys.executable, '-m', 'examples.train', preset, '--workdir',
+  args = [sys.executable, '-m', 'examples.main', preset, '--workdir',
           str(tmp_path), '--set', 'num_train_steps=4', '--set',
           'log_every_steps=2', '--set', 'eval_every_steps=4']
   for item in settings:

@@ -1,6 +1,6 @@
 """The training CLI survives SIGKILL at any moment, and guards against NaNs.
 
-A real ``python -m examples.train`` subprocess (the offline digits preset) is
+A real ``python -m examples.main`` subprocess (the offline digits preset) is
 killed with SIGKILL at several random steps and once while orbax is writing a
 checkpoint; the same command is rerun until it finishes. The final params,
 optimizer state (bound-policy state included) and eval metrics must be
@@ -39,7 +39,7 @@ def _cmd(workdir, *extra, faults: bool = False) -> list[str]:
   """The training command; ``faults``: through the test-only fault injector
   (``tests/scripts/faulty_train.py``, driven by ``FAULT_*`` variables)."""
   entry = (['tests/scripts/faulty_train.py'] if faults else
-           ['-m', 'examples.train'])
+           ['-m', 'examples.main'])
   return [sys.executable, *entry, 'digits', '--workdir', str(workdir), *ARGS,
           *extra]
 
@@ -198,7 +198,7 @@ def test_ctrl_c_on_the_shipped_digits_preset_checkpoints_and_resumes(
   # The preset as shipped: no periodic checkpoints (checkpoint_every_steps=0).
   short = ['--set', 'global_batch_size=64', '--set', 'num_train_steps=16',
            '--set', 'log_every_steps=1', '--set', 'progress=false']
-  cmd = lambda work, *extra: [sys.executable, '-m', 'examples.train',
+  cmd = lambda work, *extra: [sys.executable, '-m', 'examples.main',
                               'digits', '--workdir', str(work), *short,
                               *extra]
   full = tmp_path / 'full'  # uninterrupted; it saves its final step only

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from examples.configs import lm
-from examples.lib import models, text_data
+from examples.lib import config as config_lib
+from examples.lib import text_data
 from examples.lib import train as train_lib
 
 
@@ -101,7 +102,7 @@ def test_lm_trains_resumes_bit_identical_with_one_ratio_per_layer(tmp_path):
   # Telemetry of the scanned blocks: one entry per layer per stacked leaf.
   raw = {k.removeprefix('trust_ratio/raw/') for k in train[0]
          if k.startswith('trust_ratio/raw/')}
-  size = models.transformer.SIZES['tiny']
+  size = config_lib.TRANSFORMERS['transformer_tiny']
   for leaf in ('qkv/kernel', 'proj/kernel', 'fc1/kernel', 'fc2/kernel'):
     assert {f'blocks/{leaf}[{i}]' for i in range(size.num_layers)} <= raw
     assert f'blocks/{leaf}' not in raw  # never one ratio for the stack
@@ -153,7 +154,8 @@ def test_large_configs_build_with_per_layer_axes(size, params):
   import optax_lambc  # pylint: disable=g-import-not-at-top
   from examples.lib import transformer  # pylint: disable=g-import-not-at-top
   model = nnx.eval_shape(lambda: transformer.TransformerLM(
-      transformer.SIZES[size], rngs=nnx.Rngs(0)))  # shapes only, no memory
+      config_lib.TRANSFORMERS[f'transformer_{size}'],
+      rngs=nnx.Rngs(0)))  # shapes only, no memory
   leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert sum(x.size for x in leaves) == params
   axes = optax_lambc.layer_axes_from_flax(model)

@@ -50,7 +50,7 @@ COMMANDS = readme_commands()
 
 def test_the_readme_has_the_commands_we_expect():
   modules = {c.split()[2] for c in COMMANDS}
-  assert {'examples.demo', 'examples.train', 'examples.plot'} <= modules
+  assert {'examples.demo', 'examples.main', 'examples.plot'} <= modules
   assert len(COMMANDS) >= 8
 
 
@@ -59,7 +59,7 @@ def _limited(command: str) -> list[str]:
   module = args[2]
   if module.startswith('benchmarks.') and '--tiny' not in args:
     return [sys.executable, '-m', module, '--help']
-  if module == 'examples.train' and '--help' not in args:
+  if module == 'examples.main' and '--help' not in args:
     args += ['--set', 'num_train_steps=2', '--set', 'progress=false',
              '--set', 'checkpoint_every_steps=0']
   if module == 'examples.demo':
@@ -73,7 +73,7 @@ def test_readme_command_runs(command, tmp_path):
              ALLOW_MULTIPLE_LIBTPU_LOAD='1')
   env.pop('XLA_FLAGS', None)
   if 'examples.plot' in command:  # plots the digits run the README shows
-    digits = next(c for c in COMMANDS if 'train digits' in c)
+    digits = next(c for c in COMMANDS if 'examples.main digits' in c)
     subprocess.run(_limited(digits), cwd=tmp_path, env=env, check=True,
                    capture_output=True, timeout=600)
   out = subprocess.run(_limited(command), cwd=tmp_path, env=env,

@@ -24,7 +24,7 @@ class Config:
   final_eval_splits: str = ''  # comma-separated; evaluated at the end
   final_eval_examples: int = 0  # of each final_eval_splits split (0: all)
   # Model.
-  model: str = 'resnet18_cifar'  # see examples.lib.models.MODELS
+  model: str = 'resnet18_cifar'  # CLASSIFIERS or TRANSFORMERS, below
   width: int = 64  # CNNs: base channel width (the paper's ResNet-18: 64)
   num_classes: int = 10  # CNNs: output classes
   # Optimizer.
@@ -68,8 +68,8 @@ class Config:
 
   @property
   def language_model(self) -> bool:
-    """A byte-level LM (``transformer_*`` models) rather than a classifier."""
-    return self.model.startswith('transformer')
+    """A byte-level LM (a ``TRANSFORMERS`` model) rather than a classifier."""
+    return self.model in TRANSFORMERS
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -80,16 +80,45 @@ class ConfigError(ValueError):
   """
 
 
-# Names the config accepts, checked before JAX or the data start (a test
-# keeps them equal to what examples.lib builds).
+# The names the config accepts, each table defined once, here, so that the
+# command line checks them before JAX or the data start; the modules that
+# build them (optim, parallel, models, transformer) read them from here.
 OPTIMIZERS = ('lambc', 'lamb', 'adamw', 'sgd', 'larc')
 SCHEDULES = ('cosine', 'step', 'constant')
 BOUND_POLICIES = ('fixed', 'dynamic', 'running')
-PARALLEL_MODES = ('jit', 'pmap', 'shard_map', 'fsdp')
-CLASSIFIERS = ('resnet18_cifar', 'resnet18_64', 'resnet34_64', 'small_cnn')
-TRANSFORMER_MAX_LEN = {'transformer_tiny': 128, 'transformer_small': 256,
-                       'transformer_gpt2_small': 1024,
-                       'transformer_bert_base': 512}
+PARALLEL_MODES = ('jit', 'fsdp', 'pmap', 'shard_map')
+# Classifiers: a ResNet's stage sizes and first stride, or None for the
+# small CNN of the digits demo.
+CLASSIFIERS: dict[str, tuple[tuple[int, ...], int] | None] = {
+    'resnet18_cifar': ((2, 2, 2, 2), 1), 'resnet18_64': ((2, 2, 2, 2), 2),
+    'resnet34_64': ((3, 4, 6, 3), 2), 'small_cnn': None}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Sizes of an ``examples.lib.transformer.TransformerLM``."""
+
+  vocab_size: int = 256
+  max_len: int = 128  # longest sequence (learned positions)
+  d_model: int = 64
+  num_layers: int = 4
+  num_heads: int = 4
+  mlp_dim: int = 256
+
+
+# 'tiny' (0.2M params) is what a 2-core CPU trains in a minute; 'small'
+# (4.9M) suits one GPU. GPT-2 small and BERT-base share their sizes
+# (12 x 768, 12 heads, MLP 3072); BERT-base is bidirectional with 512
+# positions, this model is causal either way. Byte vocabulary throughout.
+TRANSFORMERS = {
+    'transformer_tiny': TransformerConfig(),
+    'transformer_small': TransformerConfig(
+        max_len=256, d_model=256, num_layers=6, num_heads=8, mlp_dim=1024),
+    'transformer_gpt2_small': TransformerConfig(
+        max_len=1024, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    'transformer_bert_base': TransformerConfig(
+        max_len=512, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072),
+}
 
 
 def _one_of(config: Config, key: str, known) -> None:
@@ -116,7 +145,7 @@ def validate(config: Config) -> Config:
   _one_of(config, 'schedule', SCHEDULES)
   _one_of(config, 'bound_policy', BOUND_POLICIES)
   _one_of(config, 'parallel', PARALLEL_MODES)
-  _one_of(config, 'model', CLASSIFIERS + tuple(TRANSFORMER_MAX_LEN))
+  _one_of(config, 'model', (*CLASSIFIERS, *TRANSFORMERS))
   for key in ('learning_rate', 'global_batch_size', 'seq_len',
               'log_every_steps', 'num_train_steps', 'num_epochs'):
     _at_least(config, key, 0, strict=True)
@@ -132,7 +161,7 @@ def validate(config: Config) -> Config:
   if config.accum_steps < 1 or config.global_batch_size % config.accum_steps:
     raise ConfigError(f'accum_steps={config.accum_steps} must divide '
                       f'global_batch_size {config.global_batch_size}')
-  max_len = TRANSFORMER_MAX_LEN.get(config.model)
+  max_len = getattr(TRANSFORMERS.get(config.model), 'max_len', None)
   if max_len is not None and config.seq_len > max_len:
     raise ConfigError(f'seq_len {config.seq_len} exceeds the {config.model} '
                       f'max_len {max_len}')

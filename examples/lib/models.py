@@ -12,6 +12,7 @@ from flax import nnx
 
 import optax_lambc
 from examples.lib import transformer
+from examples.lib.config import CLASSIFIERS, TRANSFORMERS
 
 
 class BasicBlock(nnx.Module):
@@ -138,28 +139,21 @@ class StackedResidualMLP(nnx.Module):
     return self.head(body(x, self.blocks))
 
 
-def _language_model(size: str, *, num_classes: int, width: int,
-                    bn_axis_name: str | None, rngs: nnx.Rngs):
-  del num_classes, width, bn_axis_name  # the size fixes them; no BatchNorm
-  return transformer.TransformerLM(transformer.SIZES[size], rngs=rngs)
-
-
-MODELS: dict[str, Callable[..., nnx.Module]] = {
-    'resnet18_cifar': partial(ResNet, (2, 2, 2, 2), first_stride=1),
-    'resnet18_64': partial(ResNet, (2, 2, 2, 2), first_stride=2),
-    'resnet34_64': partial(ResNet, (3, 4, 6, 3), first_stride=2),
-    'small_cnn': SmallCNN,
-    **{f'transformer_{size}': partial(_language_model, size)
-       for size in transformer.SIZES},
-}
-
-
 def create_model(name: str, num_classes: int, width: int, seed: int,
                  bn_axis_name: str | None = None) -> nnx.Module:
-  if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; known: {", ".join(MODELS)}')
-  return MODELS[name](num_classes=num_classes, width=width,
-                      bn_axis_name=bn_axis_name, rngs=nnx.Rngs(seed))
+  """The model ``name`` of ``config.CLASSIFIERS`` or ``config.TRANSFORMERS``
+  (a transformer's size fixes its width; it has no BatchNorm)."""
+  rngs = nnx.Rngs(seed)
+  if name in TRANSFORMERS:
+    return transformer.TransformerLM(TRANSFORMERS[name], rngs=rngs)
+  if name not in CLASSIFIERS:
+    raise ValueError(f'unknown model {name!r}; known: '
+                     f'{", ".join((*CLASSIFIERS, *TRANSFORMERS))}')
+  if CLASSIFIERS[name] is None:
+    return SmallCNN(num_classes, width, rngs=rngs, bn_axis_name=bn_axis_name)
+  stages, first_stride = CLASSIFIERS[name]
+  return ResNet(stages, num_classes, width, first_stride, bn_axis_name,
+                rngs=rngs)
 
 
 def layer_axes(model: nnx.Module):

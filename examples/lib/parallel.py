@@ -30,7 +30,7 @@ import optax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MODES = ('jit', 'fsdp', 'pmap', 'shard_map')
+from examples.lib.config import PARALLEL_MODES as MODES
 
 
 def fsdp_spec(x: Any, n: int) -> P:

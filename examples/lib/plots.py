@@ -63,8 +63,8 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
   ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
   a mean over seeds drawn with a shaded ``[lo, hi]`` band. Every line has its
   own style and its own markers (staggered, hollow and larger for each
-  later line), so curves that coincide stay distinguishable. The axes cover every point (an accuracy's
-  at most 1). ``log_y`` / ``log_x``: logarithmic axes (non-positive values
+  later line), so curves that coincide stay distinguishable. The axes cover
+  every point. ``log_y`` / ``log_x``: logarithmic axes (non-positive values
   dropped).
   """
   plt = _plt()

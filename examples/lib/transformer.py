@@ -12,37 +12,10 @@ Bytes are the tokens (vocabulary 256); positions are learned; the output
 projection is tied to the token embedding (GPT-2).
 """
 
-import dataclasses
-
 import jax
 from flax import nnx
 
-
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-  """Sizes of a :class:`TransformerLM`."""
-
-  vocab_size: int = 256
-  max_len: int = 128  # longest sequence (learned positions)
-  d_model: int = 64
-  num_layers: int = 4
-  num_heads: int = 4
-  mlp_dim: int = 256
-
-
-# 'tiny' (0.2M params) is what a 2-core CPU trains in a minute; 'small'
-# (4.9M) suits one GPU. GPT-2 small and BERT-base share their sizes
-# (12 x 768, 12 heads, MLP 3072); BERT-base is bidirectional with 512
-# positions, this model is causal either way. Byte vocabulary throughout.
-SIZES = {
-    'tiny': TransformerConfig(),
-    'small': TransformerConfig(max_len=256, d_model=256, num_layers=6,
-                               num_heads=8, mlp_dim=1024),
-    'gpt2_small': TransformerConfig(max_len=1024, d_model=768, num_layers=12,
-                                    num_heads=12, mlp_dim=3072),
-    'bert_base': TransformerConfig(max_len=512, d_model=768, num_layers=12,
-                                   num_heads=12, mlp_dim=3072),
-}
+from examples.lib.config import TransformerConfig
 
 
 def partition_names(*names) -> dict:

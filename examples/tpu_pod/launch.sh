@@ -17,4 +17,4 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all \
     if [ ! -d optax_lambc ]; then git clone -b $BRANCH $REPO optax_lambc; fi
     cd optax_lambc && git pull -q
     python3 -m pip install -q -U 'jax[tpu]' -e '.[examples]'
-    python3 -m examples.train$ARGS"
+    python3 -m examples.main$ARGS"

@@ -1,4 +1,4 @@
-"""``python -m examples.train`` with test-only faults (kept out of the library).
+"""``python -m examples.main`` with test-only faults (kept out of the library).
 
   FAULT_NAN_AT_STEP=N        the batch of step N is NaN (its image, or an LM's
                              weights), as a corrupt record would be;
@@ -6,7 +6,7 @@
                              step-N checkpoint, before it is finished.
 
 Run as ``python tests/scripts/faulty_train.py PRESET --workdir ...`` from the
-repository root, with the arguments of ``examples.train``.
+repository root, with the arguments of ``examples.main``.
 """
 
 import os
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
 
 import numpy as np  # noqa: E402
 
-from examples import train as train_cli  # noqa: E402
+from examples import main as train_cli  # noqa: E402
 from examples.lib import checkpoints  # noqa: E402
 from examples.lib import train as train_lib  # noqa: E402
 

@@ -1,4 +1,7 @@
-"""Train one task: ``python -m examples.train cifar10 --workdir runs/c10``.
+"""Train one task: ``python -m examples.main cifar10 --workdir runs/c10``.
+
+The command line (``main``, as in flax's examples); the loop it runs is
+``examples.lib.train``.
 
 Presets: cifar10, imagenet64, digits, lm. Override any field with
 ``--set key=value`` (e.g. ``--set optimizer=lamb --set mock_data=true``).
@@ -35,9 +38,9 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-USAGE = (f'usage: python -m examples.train {{{",".join(PRESETS)}}} '
+USAGE = (f'usage: python -m examples.main {{{",".join(PRESETS)}}} '
          '--workdir DIR [--set key=value ...]\n'
-         '       python -m examples.train PRESET --help   (every --set key)')
+         '       python -m examples.main PRESET --help   (every --set key)')
 
 
 def main(argv=None) -> None:
@@ -51,7 +54,7 @@ def main(argv=None) -> None:
     raise SystemExit(2)
   try:
     config, workdir = config_lib.cli(PRESETS[argv[0]](), __doc__, argv[1:],
-                                     prog=f'python -m examples.train {argv[0]}')
+                                     prog=f'python -m examples.main {argv[0]}')
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(2) from None

@@ -304,7 +304,8 @@ def test_nonfinite_leaves_name_the_layer_of_a_skipped_step():
 def test_stable_seed_is_the_same_in_every_process():
   code = ('import sys; sys.path.insert(0, "tests"); from helpers import '
           'stable_seed; print(stable_seed(0.0, None, 1e-2))')
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
   outs = {subprocess.run([sys.executable, '-c', code], cwd=root, check=True,
                          capture_output=True, text=True,
                          env=dict(os.environ, PYTHONHASHSEED=h)).stdout

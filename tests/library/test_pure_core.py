@@ -2,7 +2,6 @@
 of models, callables given at build are resolved once by ``init``, and the
 state is arrays (and optax's node types) that every checkpointer saves."""
 
-import os
 import pickle
 
 import jax
@@ -25,12 +24,12 @@ def _model(enc: int, dec: int, head: bool = True) -> dict:
   return out
 
 
-MODELS = [_model(3, 1), _model(1, 3), _model(2, 2, head=False), _model(5, 4)]
+MODELS = [_model(3, 1), _model(1, 3), _model(2, 2, head=False)]
 AXES = {'enc': 0, 'dec': 0, 'head': None}
 axes_for = lambda p: {k: v for k, v in AXES.items() if k in p}  # callable
 
 
-def _run(opt, params, steps=3):
+def _run(opt, params, steps=2):
   """Updates and every trust-ratio statistic of a few steps."""
   state, out = opt.init(params), []
   grads = jax.tree.map(lambda p: jnp.cos(p) * 2.0, params)
@@ -77,9 +76,9 @@ def _models_for(kwargs):
   return [m for m in MODELS if not trees or 'head' in m]
 
 
-@pytest.mark.parametrize('bound', BOUNDS)
-@pytest.mark.parametrize('mask', MASKS)
-@pytest.mark.parametrize('axes', ['tree', 'callable'])
+@pytest.mark.parametrize('bound,mask,axes', [
+    *((b, m, 'callable') for b in BOUNDS for m in MASKS),
+    ('number', 'callable', 'tree'), ('tree', 'tree', 'tree')])
 def test_one_lambc_serves_many_models_as_fresh_ones_do(bound, mask, axes):
   layer_axes = AXES if axes == 'tree' else axes_for
   kwargs = {**BOUNDS[bound], **MASKS[mask]}
@@ -130,7 +129,7 @@ def test_one_transform_serves_many_models_with_per_slice_arrays():
   _same(_run(shared, fits[0])[0], _run(build(), fits[0])[0])
   # Another depth with the same per-slice array: an error naming it, at init.
   with pytest.raises(ValueError, match="`min_trust_ratio` at 'dec/bias'"):
-    shared.init(MODELS[-1])
+    shared.init(MODELS[0])
 
 
 def test_a_callable_is_resolved_once_at_init():
@@ -205,7 +204,7 @@ def test_nnx_optimizer_with_flax_axes_and_bias_norm_masks_trains(name):
   x = jnp.linspace(-1, 1, 32).reshape(4, 8)
   loss = lambda m: jnp.mean((m(x) - 0.5) ** 2)
   first = float(loss(model))
-  for _ in range(5):
+  for _ in range(3):
     optimizer.update(model, nnx.grad(loss)(model))
   assert float(loss(model)) < first
   stats = optax_lambc.trust_ratio_stats(optimizer.opt_state)
@@ -237,31 +236,25 @@ CONFIGS = {
 }
 
 
-def _roundtrips(state, tmp_path):
+def _roundtrips(state):
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   yield 'to_bytes', serialization.from_bytes(
       state, serialization.to_bytes(state))
   yield 'state_dict', serialization.from_state_dict(
       state, serialization.to_state_dict(state))
   yield 'pickle', pickle.loads(pickle.dumps(state))
   yield 'numpy', jax.tree.map(np.asarray, state)
-  checkpointer = ocp.StandardCheckpointer()
-  path = os.path.join(tmp_path, 'state')
-  checkpointer.save(path, state)
-  checkpointer.wait_until_finished()
-  yield 'orbax', checkpointer.restore(path, state)
 
 
-@pytest.mark.parametrize('config', CONFIGS)
-def test_state_saves_and_restores_everywhere(config, tmp_path):
-  opt = CONFIGS[config]()
+def check_restored(opt, restore):
+  """The next update from ``restore(state)`` is bit-identical to the next
+  update from ``state``; the state is arrays only."""
   params = MODELS[0]
   grads = jax.tree.map(jnp.sin, params)
   state = opt.init(params)
   _, state = opt.update(grads, state, params)
   want, want_state = opt.update(grads, state, params)
-  for how, restored in _roundtrips(state, str(tmp_path)):
+  for how, restored in restore(state):
     assert jax.tree.structure(restored) == jax.tree.structure(state), how
     got, got_state = opt.update(grads, restored, params)
     jax.tree.map(np.testing.assert_array_equal, got, want)
@@ -269,6 +262,12 @@ def test_state_saves_and_restores_everywhere(config, tmp_path):
   # Only arrays: nothing else a checkpointer would have to know.
   for leaf in jax.tree.leaves(state):
     assert isinstance(leaf, jax.Array), type(leaf)
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_state_saves_and_restores_everywhere(config):
+  # orbax: tests/test_checkpoint_formats.py (the examples' dependencies).
+  check_restored(CONFIGS[config](), _roundtrips)
 
 
 # --- Inputs and messages -----------------------------------------------------
