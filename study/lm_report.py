@@ -10,15 +10,12 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
-from importlib import metadata
 
 from examples.lib import plots, stats
 from examples.lib.config import Config
-
-PACKAGES = ('jax', 'jaxlib', 'optax', 'flax', 'numpy', 'grain')
-
+from study import lm
+from study.lm import PRIMARY
 
 @dataclasses.dataclass
 class Study:
@@ -108,13 +105,8 @@ def _corpus(study: Study) -> dict | None:
 
 
 def _versions() -> str:
-  out = [f'Python {sys.version.split()[0]}']
-  for p in PACKAGES:
-    try:
-      out.append(f'{p} {metadata.version(p)}')
-    except metadata.PackageNotFoundError:
-      pass
-  return ', '.join(out)
+  return ', '.join(f"{'Python' if k == 'python' else k} {v}" for k, v in
+                   lm.versions().items())
 
 
 def _figures(root: str, study: Study, seq_len: int) -> list[str]:
@@ -168,17 +160,9 @@ def _figures(root: str, study: Study, seq_len: int) -> list[str]:
   return paths
 
 
-def write(root: str, study: Study) -> list[str]:
-  """Writes the report under ``root``; returns the paths written."""
-  os.makedirs(root, exist_ok=True)
+def _header(study: Study) -> list[str]:
   base, plan = study.base, study.plan
-  seq_len = base.seq_len
-  target = target_bpb(study)
-  largest = study.batches[-1]
-  a, b = plan_primary = ('LAMBC max 1', 'LAMB')
-  primary = paired(study.finals, a, b, largest) if all(
-      o in plan.optimizers for o in plan_primary) else (math.nan, math.nan, 0)
-  lines = [
+  return [
       f'# Large batches on a byte-level transformer LM'
       f'{" (tiny mode)" if study.tiny else ""}', '',
       'Command: `python -m study.reproduce --experiment lm_batch'
@@ -189,22 +173,31 @@ def write(root: str, study: Study) -> list[str]:
       f"`{os.environ.get('XLA_FLAGS', '')}`. Report written "
       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
       f'- Corpus: `{json.dumps(_corpus(study), sort_keys=True)}`',
-      f'- Model `{base.model}`, {seq_len}-byte sequences, '
+      f'- Model `{base.model}`, {base.seq_len}-byte sequences, '
       f'{plan.tokens:,} training bytes per run; Adam ε {base.adam_eps:g} for '
       f'every optimizer; weight decay {base.weight_decay:g}; warm-up '
       f'{base.warmup_fraction:.0%} of the steps, then cosine decay; every '
-      'layer adapted and decayed (the LAMBC paper\'s convention).', '',
+      'layer adapted and decayed (the LAMBC paper\'s convention).', '']
+
+
+def _batches_section(study: Study) -> list[str]:
+  seq_len = study.base.seq_len
+  return [
       '## The batches, from the gradient noise scale', '',
       f"One LAMB run at batch {study.noise_run['batch']} (micro-batches of "
-      f'{plan.noise_micro_batch}) logged B_simple (McCandlish et al. 2018). '
-      'Its median over the middle half of training (steps 25–75 %; it grows '
-      f'without bound as the cosine decays) is **{study.noise:.1f} '
+      f'{study.plan.noise_micro_batch}) logged B_simple (McCandlish et al. '
+      '2018). Its median over the middle half of training (steps 25–75 %; it '
+      f'grows without bound as the cosine decays) is **{study.noise:.1f} '
       f'sequences** ({study.noise * seq_len:,.0f} bytes). The studied '
       f'batches are {", ".join(map(str, study.batches))} sequences: '
       + ', '.join(f'{bb / study.noise:.2g}×' for bb in study.batches) +
-      ' the noise scale. Figure: `noise_scale.png`.', '',
+      ' the noise scale. Figure: `noise_scale.png`.', '']
+
+
+def _tuning_section(study: Study) -> list[str]:
+  lines = [
       '## Learning rates, tuned per (optimizer, batch)', '',
-      f'Factor-2 grid around `lr(16) * sqrt(B / 16)` (0.2\'s batch-16 picks), '
+      'Factor-2 grid around `lr(16) * sqrt(B / 16)` (0.2\'s batch-16 picks), '
       f'extended while the best sat at an edge; seed {study.tuning[0]["seed"]}'
       ', scored on the whole validation split (bits/byte; chosen in bold).',
       '', '| optimizer | batch | lr: validation bits/byte |', '|---|---|---|']
@@ -217,62 +210,83 @@ def write(root: str, study: Study) -> list[str]:
                                    'diverged')
       cells.append(f'**{text}**' if r['lr'] == lr else text)
     lines.append(f'| {opt} | {batch} | ' + ', '.join(cells) + ' |')
-  lines += [
-      '', '## Test bits per byte (whole test split; mean ± 95 % interval)',
-      '', '| batch | steps | ' + ' | '.join(plan.optimizers) + ' |',
-      '|---|---|' + '---|' * len(plan.optimizers)]
+  return lines
+
+
+def _test_section(study: Study) -> tuple[list[str], dict]:
+  """The test bits/byte table, and its cells for ``results.json``."""
+  optimizers, seq_len = study.plan.optimizers, study.base.seq_len
+  lines = ['', '## Test bits per byte (whole test split; mean ± 95 % '
+           'interval)', '', '| batch | steps | ' + ' | '.join(optimizers) +
+           ' |', '|---|---|' + '---|' * len(optimizers)]
   summary = {}
   for batch in study.batches:
     cells = []
-    for opt in plan.optimizers:
+    for opt in optimizers:
       vals = [r['test_bpb'] for r in study.finals if r['optimizer'] == opt
               and r['batch'] == batch]
       summary[f'{opt} @ {batch}'] = cell = stats.t_interval(vals)
       diverged = sum(not math.isfinite(v) for v in vals)
       cells.append(_fmt(*cell) + (f', {diverged} diverged' if diverged
                                   else ''))
-    n_steps = plan.tokens // (batch * seq_len)
+    n_steps = study.plan.tokens // (batch * seq_len)
     lines.append(f'| {batch} | {n_steps} | ' + ' | '.join(cells) + ' |')
-  pairs = [(o1, o2) for o1, o2 in (('LAMBC max 1', 'LAMB'),
-                                   ('LAMBC max 1', 'AdamW'),
+  return lines, summary
+
+
+def _pairs_section(study: Study) -> list[str]:
+  optimizers, largest = study.plan.optimizers, study.batches[-1]
+  pairs = [(o1, o2) for o1, o2 in (PRIMARY, ('LAMBC max 1', 'AdamW'),
                                    ('LAMB', 'AdamW'))
-           if o1 in plan.optimizers and o2 in plan.optimizers]
-  lines += ['', '## Paired differences in test bits/byte (negative: the '
-            'first is better)', '',
-            '| batch | ' + ' | '.join(f'{x} − {y}' for x, y in pairs) + ' |',
-            '|---|' + '---|' * len(pairs)]
+           if o1 in optimizers and o2 in optimizers]
+  lines = ['', '## Paired differences in test bits/byte (negative: the '
+           'first is better)', '',
+           '| batch | ' + ' | '.join(f'{x} − {y}' for x, y in pairs) + ' |',
+           '|---|' + '---|' * len(pairs)]
   for batch in study.batches:
     cells = []
     for x, y in pairs:
       m, h, n = paired(study.finals, x, y, batch)
-      star = ' **(primary)**' if (x, y) == (a, b) and batch == largest else ''
+      star = ' **(primary)**' if (x, y) == PRIMARY and batch == largest \
+          else ''
       cells.append(_fmt(m, h, n, 4) + star)
     lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
-  lines += ['', f'## Training bytes (millions) to a validation loss of '
-            f'{target:.2f} bits/byte', '',
-            'The target is the worst tuned cell\'s final sampled validation '
-            'loss, so every tuned cell reached it on the tuning seed. Median '
-            'over seeds (runs that never reached it: ∞).', '',
-            '| batch | ' + ' | '.join(plan.optimizers) + ' |',
-            '|---|' + '---|' * len(plan.optimizers)]
+  return lines
+
+
+def _target_section(study: Study, target: float) -> list[str]:
+  optimizers = study.plan.optimizers
+  lines = ['', f'## Training bytes (millions) to a validation loss of '
+           f'{target:.2f} bits/byte', '',
+           'The target is the worst tuned cell\'s final sampled validation '
+           'loss, so every tuned cell reached it on the tuning seed. Median '
+           'over seeds (runs that never reached it: ∞).', '',
+           '| batch | ' + ' | '.join(optimizers) + ' |',
+           '|---|' + '---|' * len(optimizers)]
   for batch in study.batches:
     cells = []
-    for opt in plan.optimizers:
-      vals = [bytes_to_target(r, target, seq_len) / 1e6 for r in study.finals
+    for opt in optimizers:
+      vals = [bytes_to_target(r, target, study.base.seq_len) / 1e6
+              for r in study.finals
               if r['optimizer'] == opt and r['batch'] == batch]
       cells.append(f'{statistics.median(vals):.2f}' if vals else '–')
     lines.append(f'| {batch} | ' + ' | '.join(cells) + ' |')
-  clip_opts = [o for o in ('LAMB', 'LAMBC max 1') if o in plan.optimizers]
-  shares = {}
-  lines += ['', '## Where a bound of 1 binds', '',
-            'Share of the logged (step, layer) raw trust ratios above 1, '
-            f'seed {plan.final_seeds[0]}: for LAMBC the layer-steps the clip '
-            'cut, for LAMB those it would have cut. A small share means the '
-            'two optimizers take nearly the same steps.', '',
-            '| batch | ' + ' | '.join(clip_opts) + ' |',
-            '|---|' + '---|' * len(clip_opts)]
+  return lines
+
+
+def _binds_section(study: Study) -> tuple[list[str], dict]:
+  """Where a bound of 1 binds, and the shares for ``results.json``."""
+  clip_opts = [o for o in PRIMARY[::-1] if o in study.plan.optimizers]
+  lines = ['', '## Where a bound of 1 binds', '',
+           'Share of the logged (step, layer) raw trust ratios above 1, '
+           f'seed {study.plan.final_seeds[0]}: for LAMBC the layer-steps the '
+           'clip cut, for LAMB those it would have cut. A small share means '
+           'the two optimizers take nearly the same steps.', '',
+           '| batch | ' + ' | '.join(clip_opts) + ' |',
+           '|---|' + '---|' * len(clip_opts)]
   logged = {(r['optimizer'], r['batch']): r for r in study.finals
             if r.get('telemetry')}
+  shares = {}
   for batch in study.batches:
     cells = []
     for opt in clip_opts:
@@ -290,15 +304,32 @@ def write(root: str, study: Study) -> list[str]:
         parts = [f'`{p}` {v:.0%}' for p, v in above_one_by_path(rec).items()]
         lines.append(f'- batch {batch}, {opt}: ' +
                      (', '.join(parts) if parts else 'none'))
-  lines += ['', '## Machine spread', '',
-            'Absolute bits/byte move between machines: rerunning 0.2\'s cells '
-            'on another x86-64 machine with the same packages and corpus '
-            'moved test bits/byte by up to 0.073. The paired differences '
-            'above compare runs made on the same machine(s) listed at the '
-            'top; compare absolute values across machines only with that '
-            'spread in mind.']
-  lines += ['', '## Verdict (generated from the primary interval)', '',
-            verdict(primary, largest), '']
+  return lines, shares
+
+
+MACHINE_SPREAD = [
+    '', '## Machine spread', '',
+    'Absolute bits/byte move between machines: rerunning 0.2\'s cells on '
+    'another x86-64 machine with the same packages and corpus moved test '
+    'bits/byte by up to 0.073. The paired differences above compare runs '
+    'made on the same machine(s) listed at the top; compare absolute values '
+    'across machines only with that spread in mind.']
+
+
+def write(root: str, study: Study) -> list[str]:
+  """Writes ``results.md``, ``results.json`` and the figures under
+  ``root``; returns the paths written."""
+  os.makedirs(root, exist_ok=True)
+  target, largest = target_bpb(study), study.batches[-1]
+  primary = paired(study.finals, *PRIMARY, largest) if all(
+      o in study.plan.optimizers for o in PRIMARY) else (math.nan, math.nan, 0)
+  tests, summary = _test_section(study)
+  binds, shares = _binds_section(study)
+  lines = [*_header(study), *_batches_section(study), *_tuning_section(study),
+           *tests, *_pairs_section(study), *_target_section(study, target),
+           *binds, *MACHINE_SPREAD,
+           '', '## Verdict (generated from the primary interval)', '',
+           verdict(primary, largest), '']
   paths = [os.path.join(root, 'results.md'),
            os.path.join(root, 'results.json')]
   with open(paths[0], 'w') as f:
@@ -311,7 +342,7 @@ def write(root: str, study: Study) -> list[str]:
                'raw_ratio_above_one': shares,
                'target_bpb': target, 'machine': _machine(study),
                'versions': _versions()}, f, indent=1)
-  return paths + _figures(root, study, seq_len)
+  return paths + _figures(root, study, study.base.seq_len)
 
 
 def verdict(primary: tuple[float, float, int], batch: int) -> str:
