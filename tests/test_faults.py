@@ -9,6 +9,7 @@ and ``metrics.jsonl`` must hold each ``(split, step)`` row exactly once.
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -247,10 +248,15 @@ def test_nonfinite_loss_stops_with_the_layer_names(tmp_path):
   assert "'conv1/kernel'" in out.stderr  # a layer is named
   rows = _rows(tmp_path)
   assert max(r['step'] for r in rows) == 6  # stopped at the next log step
-  # The NaN loss is logged as strict JSON (a string a strict parser takes).
+  # The row is strict JSON: NaN trust ratios are strings a strict parser
+  # takes; the loss is the mean over the interval's finite steps (step 5's)
+  # and the NaN step is counted.
   strict = [json.loads(line, parse_constant=_reject) for line in
             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert strict[-1]['step'] == 6 and strict[-1]['loss'] == 'NaN'
+  last = strict[-1]
+  assert last['step'] == 6 and last['nonfinite_steps'] == 1
+  assert last['trust_ratio/raw/conv1/kernel'] == 'NaN'
+  assert isinstance(last['loss'], float) and math.isfinite(last['loss'])
 
 
 def test_skip_nonfinite_steps_counts_and_names_them(tmp_path):
