@@ -204,6 +204,28 @@ def stages(plan: Plan, do: Callable[[Run], dict]) -> Round2:
                 long_tuning, long_finals)
 
 
+def placeholder(run: Run) -> dict:
+  """A run the ledger does not hold yet: ``missing``, NaN results, never
+  trained (the report shows it as not run yet)."""
+  return {'key': run.key, 'stage': run.stage, 'optimizer': run.optimizer,
+          'batch': run.batch, 'lr': run.lr, 'seed': run.seed,
+          'setting': dict(run.setting), 'tokens': run.tokens, 'steps': 0,
+          'validation_bpb': math.nan, 'test_bpb': math.nan,
+          'diverged': False, 'curve': [], 'noise': [], 'ratio_summary': {},
+          'missing': True}
+
+
+def from_ledger(ledger_path: str = LEDGER, plan: Plan | None = None
+                ) -> Round2:
+  """The round as far as its ledger goes, training nothing: each run not in
+  the ledger is a ``placeholder``. The runs an unfinished part would choose
+  next follow from placeholders (NaN counts as worst), so only its finished
+  runs are results."""
+  ledger = lm.Ledger(ledger_path)
+  do = lambda r: ledger.records.get(r.key) or placeholder(r)
+  return dataclasses.replace(stages(plan or Plan(), do), ledger=ledger_path)
+
+
 def keeps_telemetry(plan: Plan) -> Callable[[Run], bool]:
   """The logged per-layer ratios are kept for the first seed's final runs
   of every trust-ratio arm (every run keeps its per-layer summary)."""

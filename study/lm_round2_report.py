@@ -16,12 +16,25 @@ from examples.lib.config import Config
 from study import lm
 from study import lm_round2 as r2
 
+NOT_RUN = 'not run yet'
+
+
+def _done(records: list[dict]) -> list[dict]:
+  """The records of runs that exist (not ``lm_round2.placeholder``s)."""
+  return [r for r in records if not r.get('missing')]
+
 
 def _seeds(records: list[dict]) -> dict[int, float]:
-  return {r['seed']: r['test_bpb'] for r in records}
+  return {r['seed']: r['test_bpb'] for r in _done(records)}
+
+
+def _test(records: list[dict]) -> list[float]:
+  return [r['test_bpb'] for r in _done(records)]
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
+  if not values:
+    return NOT_RUN
   mean, half, n = stats.t_interval(values)
   diverged = sum(not math.isfinite(v) for v in values)
   text = ('diverged' if n == 0 else f'{mean:.{digits}f}' if n == 1 else
@@ -38,23 +51,42 @@ def _diff(a: list[dict], b: list[dict]) -> str:
   return f'{mean:+.4f} ± {half:.4f} (n={n})'
 
 
+def _value(r: dict, key: str = 'validation_bpb') -> str:
+  return (NOT_RUN if r.get('missing') else f'{r[key]:.3f}'
+          if math.isfinite(r[key]) else 'diverged')
+
+
 def _grid_row(records: list[dict], chosen: float | None = None) -> str:
+  """``lr: validation`` per rate; the chosen rate in bold once the whole
+  grid has run."""
+  complete = len(_done(records)) == len(records)
   cells = []
   for r in sorted(records, key=lambda r: r['lr']):
-    v = r['validation_bpb']
-    text = f"{r['lr']:.3g}: " + (f'{v:.3f}' if math.isfinite(v) else
-                                 'diverged')
-    cells.append(f'**{text}**' if r['lr'] == chosen else text)
+    text = f"{r['lr']:.3g}: {_value(r)}"
+    cells.append(f'**{text}**' if complete and r['lr'] == chosen else text)
   return ', '.join(cells)
 
 
-def _records(result: r2.Round2) -> list[dict]:
+def _every(result: r2.Round2) -> list[dict]:
+  """Every record the round reads, placeholders included (a shared run,
+  such as a tuned rate's record in part 4's grid, more than once)."""
   return [*result.noise_runs, *sum(result.tuning.values(), []),
           *sum(result.finals.values(), []), *result.headroom,
           *sum(result.fair_tuning.values(), []),
           *sum(result.fair_finals.values(), []),
           *sum(result.long_tuning.values(), []),
           *sum(result.long_finals.values(), [])]
+
+
+def _records(result: r2.Round2) -> list[dict]:
+  """Every run the round has done, once each (placeholders left out)."""
+  return list({r['key']: r for r in _done(_every(result))}.values())
+
+
+def _planned(result: r2.Round2) -> int:
+  """The round's distinct runs, done or not (an unfinished part's count
+  follows from placeholders, so it may still change)."""
+  return len({r['key'] for r in _every(result)})
 
 
 def provenance(result: r2.Round2) -> list[str]:
@@ -85,7 +117,7 @@ def noise_section(result: r2.Round2) -> list[str]:
            '| seed | middle half (amended rule) | batches | second half '
            '(original rule) | batches |', '|---|---|---|---|---|']
   amended, original = [], []
-  for r in result.noise_runs:
+  for r in _done(result.noise_runs):
     a = lm.noise_scale_summary(r)
     o = lm.noise_scale_summary(r, lm.ORIGINAL_NOISE_WINDOW)
     amended.append(a)
@@ -93,6 +125,8 @@ def noise_section(result: r2.Round2) -> list[str]:
     lines.append(f"| {r['seed']} | {a:.1f} | {lm.choose_batches(a)} | "
                  f'{o:.1f} | {lm.choose_batches(o)} |')
   for name, values in (('amended', amended), ('original', original)):
+    if not values:
+      continue
     mean, half, n = stats.t_interval(values)
     lo = max(mean - half, 1e-9) if math.isfinite(half) else mean
     hi = mean + half if math.isfinite(half) else mean
@@ -115,8 +149,11 @@ def mechanism_section(result: r2.Round2) -> list[str]:
            '|---|---|---|---|']
   base = result.finals.get('LAMB', [])
   for arm in result.plan.mechanism:
+    if not _done(result.tuning[arm]):
+      lines.append(f'| {arm} | {NOT_RUN} | {NOT_RUN} | – |')
+      continue
     lines.append(f'| {arm} | {_grid_row(result.tuning[arm], result.tuned[arm])}'
-                 f' | {_cell([r["test_bpb"] for r in result.finals[arm]])} | '
+                 f' | {_cell(_test(result.finals[arm]))} | '
                  f'{_diff(result.finals[arm], base) if arm != "LAMB" else "–"}'
                  ' |')
   return lines
@@ -134,6 +171,8 @@ def bind_section(result: r2.Round2) -> list[str]:
   groups += [(f'batch {result.plan.batch}, ×{result.plan.long_tokens} bytes',
               arm, result.long_finals[arm]) for arm in result.long_arms]
   for where, arm, records in groups:
+    if not _done(records):
+      continue
     per = above_one(records)
     parts = [f'`{p}` max {h:.3g}, {s:.0%}' for p, (h, s) in per.items()
              if h > 1]
@@ -172,7 +211,7 @@ def headroom_section(result: r2.Round2) -> list[str]:
     by = {arm: [r for r in result.headroom if r['optimizer'] == arm and
                 r['lr'] == lr] for arm in plan.headroom}
     lines.append(f'| {lr:.3g} | ' + ' | '.join(
-        _cell([r['test_bpb'] for r in by[a]]) for a in plan.headroom) +
+        _cell(_test(by[a])) for a in plan.headroom) +
                  f" | {_diff(by.get('LAMBC max 1', []), by.get('LAMB', []))} |")
   return lines
 
@@ -187,17 +226,22 @@ def fair_section(result: r2.Round2) -> list[str]:
            'best setting, rates | test bits/byte | − AdamW |',
            '|---|---|---|---|---|']
   for arm in result.plan.fair:
+    done = len(_done(result.fair_tuning[arm]))
+    if done < len(result.fair_tuning[arm]):  # the choice is not made yet
+      lines.append(f'| {arm} | {NOT_RUN} ({done} of '
+                   f'{len(result.fair_tuning[arm])} tuning runs) | | | |')
+      continue
     setting, lr = result.fair_choice[arm]
     grid = [r for r in result.fair_tuning[arm] if r['lr'] ==
             result.tuned[arm]]
     cells = ', '.join(f"{lm.setting_label(tuple(sorted(r['setting'].items())))}"
-                      f": {r['validation_bpb']:.3f}" for r in grid)
+                      f': {_value(r)}' for r in grid)
     rates = [r for r in result.fair_tuning[arm]
              if tuple(sorted(r['setting'].items())) == setting]
     lines.append(
         f'| {arm} | {cells} | {lm.setting_label(setting)}; '
         f'{_grid_row(rates, lr)} | '
-        f"{_cell([r['test_bpb'] for r in result.fair_finals[arm]])} | "
+        f'{_cell(_test(result.fair_finals[arm]))} | '
         + ('–' if arm == 'AdamW' else _diff(
             result.fair_finals[arm], result.fair_finals.get('AdamW', [])))
         + ' |')
@@ -213,11 +257,14 @@ def long_section(result: r2.Round2) -> list[str]:
            'from LAMB.', '',
            '| arm | lr: validation bits/byte | test bits/byte | − LAMB |',
            '|---|---|---|---|']
+  if not _done(sum(result.long_tuning.values(), [])):
+    return lines[:1] + ['', f'{NOT_RUN.capitalize()}: its arms (the best '
+                        'part-2 variant among them) follow from part 2.']
   for arm in result.long_arms:
     chosen = lm.best(result.long_tuning[arm])['lr']
     lines.append(
         f'| {arm} | {_grid_row(result.long_tuning[arm], chosen)} | '
-        f"{_cell([r['test_bpb'] for r in result.long_finals[arm]])} | "
+        f'{_cell(_test(result.long_finals[arm]))} | '
         + ('–' if arm == 'LAMB' else _diff(result.long_finals[arm],
                                            result.long_finals['LAMB']))
         + ' |')
@@ -314,19 +361,23 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
   plan, paths = result.plan, []
   noise = {f"seed {r['seed']}": [(s * r['batch'] * seq_len / 1e6, b)
                                  for s, b in r['noise']]
-           for r in result.noise_runs}
-  paths.append(plots.plot_curves(
-      noise, os.path.join(root, 'noise_scale.png'),
-      title=f'Gradient noise scale along LAMB runs (batch '
-            f'{plan.noise_batch}), {len(noise)} seeds',
-      xlabel='training bytes (millions)',
-      ylabel=f'B_simple (sequences of {seq_len} bytes)', log_y=True))
+           for r in _done(result.noise_runs)}
+  if noise:
+    paths.append(plots.plot_curves(
+        noise, os.path.join(root, 'noise_scale.png'),
+        title=f'Gradient noise scale along LAMB runs (batch '
+              f'{plan.noise_batch}), {len(noise)} seeds',
+        xlabel='training bytes (millions)',
+        ylabel=f'B_simple (sequences of {seq_len} bytes)', log_y=True))
   for name, finals, tokens in (
       ('mechanism', result.finals, 1),
       ('long', {a: result.long_finals[a] for a in result.long_arms},
        plan.long_tokens)):
+    curves = _curves(finals, plan.batch, seq_len)
+    if not curves:
+      continue
     paths.append(plots.plot_curves(
-        _curves(finals, plan.batch, seq_len),
+        curves,
         os.path.join(root, f'validation_{name}.png'),
         title=f'Validation bits/byte (fixed sample), batch {plan.batch}, '
               f'{tokens}× bytes\nmean over {len(plan.final_seeds)} seeds; '
@@ -335,7 +386,7 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
   rates = {}
   for arm in plan.headroom:
     by: dict[float, list[float]] = {}
-    for r in result.headroom:
+    for r in _done(result.headroom):
       if r['optimizer'] == arm:
         by.setdefault(r['lr'], []).append(r['test_bpb'])
     rates[arm] = []
@@ -343,6 +394,8 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
       mean, half, _ = stats.t_interval(v)
       half = half if math.isfinite(half) else 0.0
       rates[arm].append((lr, mean, mean - half, mean + half))
+  if not any(rates.values()):
+    return paths
   paths.append(plots.plot_curves(
       rates, os.path.join(root, 'headroom.png'),
       title=f'Test bits/byte against the learning rate, batch '
@@ -350,6 +403,18 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
             'band: 95 % interval', xlabel='learning rate',
       ylabel='test bits per byte', log_x=True))
   return paths
+
+
+def interim(result: r2.Round2) -> list[str]:
+  """The status line of a round the ledger does not hold in full."""
+  done, planned = len(_records(result)), _planned(result)
+  if done >= planned:
+    return []
+  return [f'**Interim: {done} of about {planned} planned runs are in the '
+          f'ledger.** A cell "{NOT_RUN}" has no run behind it, a comparison '
+          'with fewer than 2 paired seeds is "not run", and nothing here is '
+          'the round\'s conclusion. Written from the ledger, training '
+          'nothing: `python -m study.lm_round2_report`.', '']
 
 
 def write(root: str, base: Config, result: r2.Round2) -> list[str]:
@@ -363,7 +428,7 @@ def write(root: str, base: Config, result: r2.Round2) -> list[str]:
            f'Command: `{command}` (resumes from the ledger); the design, '
            'the predictions and the margin were fixed before the runs in '
            '`docs/lm/PLAN.md` (amendment 2).', '',
-           *provenance(result), '',
+           *interim(result), *provenance(result), '',
            f'Model `{base.model}`, {base.seq_len}-byte sequences, '
            f'{result.plan.tokens:,} training bytes per run (part 5: '
            f'{result.plan.long_tokens}×); Adam ε {base.adam_eps:g}; weight '
@@ -386,3 +451,21 @@ def write(root: str, base: Config, result: r2.Round2) -> list[str]:
                                in result.fair_choice.items()},
                'long_arms': result.long_arms}, f, indent=1)
   return paths + figures(root, result, base.seq_len)
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Writes the report from the ledger alone (an interim one while runs are
+  missing); the study itself writes it too when it finishes."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument('--ledger', default=r2.LEDGER)
+  parser.add_argument('--out', default=r2.REPORT_DIR)
+  args = parser.parse_args(argv)
+  plan = r2.Plan()
+  result = r2.from_ledger(args.ledger, plan)
+  for path in write(args.out, lm.base_config(plan, []), result):
+    print(path)
+
+
+if __name__ == '__main__':
+  main()

@@ -4,6 +4,7 @@ round's runs are replaced by a deterministic fake)."""
 
 import json
 import math
+import re
 
 import numpy as np
 import optax
@@ -221,3 +222,37 @@ def test_bit_identity_compares_bytes_and_builds_the_studys_config():
   assert over['global_batch_size'] == 128 and over['num_train_steps'] == 3
   assert over['max_trust_ratio'] == 1.0 and over['accum_steps'] == 2
   lm_preset().replace(**over)  # every key is a config field
+
+
+def test_an_interim_report_reads_the_ledger_and_trains_nothing(tmp_path):
+  calls = []
+  full = r2.stages(r2.Plan(), fake_do(calls))
+  records = list({c.key: fake_do([])(c) for c in calls}.values())
+  ledger = tmp_path / 'runs.jsonl'
+  # The noise runs and LAMB's part 2 (tuning grid and final seeds) only.
+  done = [r for r in records if r['stage'] == 'noise' or (
+      r['optimizer'] == 'LAMB' and r['batch'] == 128 and not r['setting']
+      and r['tokens'] == 1)]
+  ledger.write_text(''.join(jsonl.dumps(r) + '\n' for r in done))
+  part = r2.from_ledger(str(ledger))
+  assert part.finals['LAMB'] == full.finals['LAMB']
+  assert all(r.get('missing') for r in part.finals['LAMBC max 1'])
+  rows = {row['h'].name: row for row in report.tests(part)}
+  assert all(math.isnan(rows[h]['p']) for h in rows)  # nothing paired yet
+  paths = report.write(str(tmp_path / 'out'),
+                       lm.base_config(r2.Plan(), []), part)
+  text = open(paths[0]).read()
+  # The planned count follows placeholders where choices are not made yet.
+  planned = re.search(rf'\*\*Interim: {len(done)} of about (\d+) planned',
+                      text)
+  assert planned and 100 < int(planned.group(1)) < 200, text[:600]
+  assert '| LAMBC max 1 | not run yet | not run yet | – |' in text
+  assert re.search(r'\| LAMB \| 0\.0106: \d\.\d{3}, \*\*0\.0212: .* '
+                   r'\| 3\.\d{3} ± 0\.\d{3} \(n=5\) \|', text)
+  assert 'diverged' not in text  # a missing run is never a divergence
+  assert '| AdamW | not run yet (0 of 10 tuning runs)' in text
+  # Every run in the ledger: the report is final.
+  ledger.write_text(''.join(jsonl.dumps(r) + '\n' for r in records))
+  paths = report.write(str(tmp_path / 'out'), lm.base_config(r2.Plan(), []),
+                       r2.from_ledger(str(ledger)))
+  assert 'Interim' not in open(paths[0]).read()
