@@ -37,6 +37,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from importlib import metadata
+from typing import NamedTuple
 
 from examples.configs import lm
 from examples.lib import config as config_lib
@@ -67,8 +68,22 @@ LR_AT_16 = {'AdamW': 3e-3, 'LAMB': 3e-2}  # 0.2's picks; LAMB's for LAMBC
 PRIMARY = ('LAMBC max 1', 'LAMB')  # at the largest batch: PRIMARY[0] - [1]
 BATCH_FACTORS = (0.3, 1.0, 5.0)  # batches, in units of the noise scale
 NOISE_RUN = {'optimizer': 'LAMB', 'batch': 32, 'micro_batch': 4}
-NOISE_WINDOW = (0.25, 0.75)  # the amended rule: the middle half of the run
-ORIGINAL_NOISE_WINDOW = (0.5, 1.0)  # the plan's first rule: the second half
+
+
+class NoiseWindow(NamedTuple):
+  """Steps ``lo * steps <= s <= hi * steps`` of a noise run (``lo <`` when
+  ``open_low``), as fractions of its length."""
+
+  lo: float
+  hi: float
+  open_low: bool = False
+
+
+# The amended rule: the middle half of the run, both ends included.
+NOISE_WINDOW = NoiseWindow(0.25, 0.75)
+# The plan's first rule, as round 1's code applied it before amendment 1:
+# the steps after the first half (round 1's run: B* = 50.0, 16/64/256).
+ORIGINAL_NOISE_WINDOW = NoiseWindow(0.5, 1.0, open_low=True)
 TUNE_SEED = 100
 FINAL_SEEDS = (0, 1, 2, 3, 4)
 MAX_EXTENSIONS = 3  # grid points added beyond either edge, at most
@@ -297,7 +312,7 @@ def execute(base: Config, plan: Plan, run: Run, workdir: str,
 
 
 def noise_scale_summary(record: dict,
-                        window: tuple[float, float] = NOISE_WINDOW) -> float:
+                        window: NoiseWindow = NOISE_WINDOW) -> float:
   """Median ``B_simple`` over a window of the noise run, in sequences.
 
   The default is the amended rule's middle half (steps 25 % to 75 %): past
@@ -305,9 +320,9 @@ def noise_scale_summary(record: dict,
   shrinks towards the noise and ``B_simple`` grows without bound.
   ``ORIGINAL_NOISE_WINDOW`` is the plan's first rule (the second half).
   """
-  lo, hi = window
+  lo, hi = window.lo * record['steps'], window.hi * record['steps']
   values = [b for s, b in record['noise']
-            if lo * record['steps'] <= s <= hi * record['steps'] and
+            if (lo < s if window.open_low else lo <= s) and s <= hi and
             math.isfinite(b) and b > 0]
   return statistics.median(values) if values else math.nan
 

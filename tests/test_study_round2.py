@@ -152,8 +152,17 @@ def test_statistics_for_the_tests():
 def test_noise_windows_and_the_batches_each_rule_chooses():
   record = {'steps': 100, 'noise': [[s, float(s)] for s in range(1, 101)]}
   assert lm.noise_scale_summary(record) == pytest.approx(50.0)
+  # The original rule: the steps after the first half (51..100).
   assert lm.noise_scale_summary(record, lm.ORIGINAL_NOISE_WINDOW) == \
-      pytest.approx(75.0)
+      pytest.approx(75.5)
+  # Round 1's noise run: 19.3 under the amended rule, 50 under the original
+  # (as PLAN.md and the audit say), and the batches each rule picks.
+  run = next(r for r in lm.Ledger('docs/lm/runs.jsonl').records.values()
+             if r['stage'] == 'noise')
+  assert lm.noise_scale_summary(run) == pytest.approx(19.34, abs=0.01)
+  original = lm.noise_scale_summary(run, lm.ORIGINAL_NOISE_WINDOW)
+  assert original == pytest.approx(50.0, abs=0.1)
+  assert lm.choose_batches(original) == (16, 64, 256)
   # Round 1: B* = 19.3 (amended) gives 8/16/128; 50 would give 16/64/256.
   assert lm.choose_batches(19.3) == (8, 16, 128)
   assert lm.choose_batches(50.0) == (16, 64, 256)
