@@ -204,6 +204,34 @@ def test_heatmap_panel_says_whether_and_how_often_the_clip_bound():
       'the clip never bound'
 
 
+def test_heatmap_columns_centre_on_their_steps_one_step_included(
+    tmp_path, monkeypatch):
+  import warnings  # pylint: disable=g-import-not-at-top
+  import matplotlib.axes  # pylint: disable=g-import-not-at-top
+  from examples.lib import plots  # pylint: disable=g-import-not-at-top
+  plots._plt()  # pylint: disable=protected-access  # the Agg backend first
+  extents = []
+  imshow = matplotlib.axes.Axes.imshow
+
+  def recorded(self, *args, **kwargs):
+    extents.append(kwargs['extent'])
+    return imshow(self, *args, **kwargs)
+  monkeypatch.setattr(matplotlib.axes.Axes, 'imshow', recorded)
+
+  def record(step):
+    return {'split': 'train', 'step': step, 'trust_ratio/raw/a': 2.0,
+            'trust_ratio/applied/a': 1.0, 'trust_ratio/upper/a': 1.0}
+  for steps in ((4,), (2, 4, 6)):
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')  # a one-step run warns about nothing
+      plots.plot_trust_ratio_heatmaps({'': [record(s) for s in steps]},
+                                      str(tmp_path / 'h.png'),
+                                      mark_clipped=True)
+    assert (tmp_path / 'h.png').stat().st_size > 1000
+  # Each column's centre is its step.
+  assert [e[:2] for e in extents] == [(3.5, 4.5), (1.0, 7.0)]
+
+
 @pytest.mark.parametrize('setting,match', [
     ('optimizer=lambcc', "optimizer='lambcc' is not one of"),
     ('max_trust_ratio=-1', 'max_trust_ratio=-1.0 must be >= 0'),

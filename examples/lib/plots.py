@@ -138,16 +138,19 @@ def plot_trust_ratio_heatmaps(panels: dict[str, list[dict]], out: str,
   image = None
   for ax, (label, (layers, steps, _)) in zip(axes[0], mats.items(),
                                               strict=True):
+    # Each column centred on its step (half a log interval either side).
+    half = (steps[-1] - steps[0]) / (2 * (len(steps) - 1)) if len(
+        steps) > 1 else 0.5
     image = ax.imshow(logs[label], aspect='auto', cmap='viridis',
                       interpolation='nearest', vmin=vmin, vmax=vmax,
-                      extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
+                      extent=(steps[0] - half, steps[-1] + half,
+                              len(layers) - 0.5, -0.5))
     ax.set_yticks(range(len(layers)), layers, fontsize=6)
     ax.set_xlabel('step')
     heading = label or f'log10 {field} trust ratio per layer'
     if mark_clipped:
       rows, cols = np.nonzero(clipped_cells(panels[label]))
-      width = (steps[-1] - steps[0]) / max(1, len(steps))  # a cell's
-      ax.scatter(steps[0] + (cols + 0.5) * width, rows, marker='x', s=6,
+      ax.scatter(np.asarray(steps)[cols], rows, marker='x', s=6,
                  color='red', linewidths=0.6)
       heading += '\n' + clip_summary(panels[label])
     ax.set_title(heading, fontsize=9)
