@@ -191,7 +191,38 @@ def _batches_section(study: Study) -> list[str]:
       f'sequences** ({study.noise * seq_len:,.0f} bytes). The studied '
       f'batches are {", ".join(map(str, study.batches))} sequences: '
       + ', '.join(f'{bb / study.noise:.2g}×' for bb in study.batches) +
-      ' the noise scale. Figure: `noise_scale.png`.', '']
+      ' the noise scale. Figure: `noise_scale.png`.', '',
+      *_original_rule(study)]
+
+
+def _first_flip(noise: float) -> float:
+  """The B* below which the batches chosen for ``noise`` change."""
+  lo, hi = 0.0, noise
+  for _ in range(60):  # bisection on a step function
+    mid = (lo + hi) / 2
+    lo, hi = (lo, mid) if lm.choose_batches(mid) == lm.choose_batches(
+        noise) else (mid, hi)
+  return hi
+
+
+def _original_rule(study: Study) -> list[str]:
+  """What the plan's first rule would have chosen, and why it was not."""
+  original = lm.noise_scale_summary(study.noise_run,
+                                    lm.ORIGINAL_NOISE_WINDOW)
+  flip = _first_flip(study.noise)
+  return [
+      'The plan first fixed the median over the second half of the run. '
+      f'That window gives B* = {original:.1f} and batches '
+      f'{"/".join(map(str, lm.choose_batches(original)))} instead. The rule '
+      'was amended (PLAN.md, amendment 1) after this run was seen and before '
+      'any batch was chosen: over the second half B_simple rises from about '
+      '17 to 1,700 as the cosine schedule shrinks the gradient towards its '
+      'noise, so that median follows the schedule\'s end more than the '
+      'training. Under the amended rule the batches also hang on one run: '
+      f'any B* below {flip:.1f} would have given batches '
+      f'{"/".join(map(str, lm.choose_batches(flip * 0.999)))}. '
+      'Round 2 measures the noise scale over three seeds, with an interval '
+      '(`docs/lm/round2/results.md`).', '']
 
 
 def _tuning_section(study: Study) -> list[str]:
@@ -311,9 +342,12 @@ MACHINE_SPREAD = [
     '', '## Machine spread', '',
     'Absolute bits/byte move between machines: rerunning 0.2\'s cells on '
     'another x86-64 machine with the same packages and corpus moved test '
-    'bits/byte by up to 0.073. The paired differences above compare runs '
-    'made on the same machine(s) listed at the top; compare absolute values '
-    'across machines only with that spread in mind.']
+    'bits/byte by up to 0.073. Every record names its CPU model (listed at '
+    'the top), not the host, so whether a seed\'s paired runs shared one '
+    'machine is not recorded; compare absolute values across machines only '
+    'with that spread in mind. Round 2 reran this study\'s noise run and its '
+    'batch-128 cells on an Intel Xeon; how far each moved is in '
+    '`docs/lm/round2/results.md` (section "Round 1\'s runs, rerun").']
 
 
 def write(root: str, study: Study) -> list[str]:
