@@ -138,6 +138,37 @@ def noise_section(result: r2.Round2) -> list[str]:
   return lines
 
 
+def rerun_section(result: r2.Round2, round1: str = lm.LEDGER) -> list[str]:
+  """How far round 1's runs moved when round 2 reran them (same key)."""
+  before = lm.Ledger(round1).records
+  groups: dict[str, list[float]] = {}
+  for r in _records(result):
+    old = before.get(r['key'])
+    if old is None:
+      continue
+    if r['stage'] == 'tune':
+      tuned = result.tuned.get(r['optimizer'])
+      group = ('tuning at the tuned rate' if r['lr'] == tuned else
+               'tuning at other rates')
+    else:
+      group = {'noise': 'noise-scale runs', 'final': 'final seeds'}.get(
+          r['stage'], r['stage'])
+    groups.setdefault(group, []).append(abs(r['test_bpb'] - old['test_bpb']))
+  machines = sorted({str(r.get('cpu')) for r in before.values()})
+  lines = ["## Round 1's runs, rerun", '',
+           f'Runs with a key in round 1\'s ledger (`{round1}`, '
+           f'{", ".join(machines)}), rerun here: |Δ test bits/byte| against '
+           'round 1 (same code path, seed and data; another machine).', '',
+           '| runs | n | median | largest |', '|---|---|---|---|']
+  for group in ('noise-scale runs', 'tuning at the tuned rate',
+                'final seeds', 'tuning at other rates'):
+    d = groups.get(group)
+    if d:
+      lines.append(f'| {group} | {len(d)} | {statistics.median(d):.2g} | '
+                   f'{max(d):.2g} |')
+  return lines
+
+
 def mechanism_section(result: r2.Round2) -> list[str]:
   lines = ['## Part 2: the mechanism, at batch '
            f'{result.plan.batch}', '',
@@ -435,6 +466,7 @@ def write(root: str, base: Config, result: r2.Round2) -> list[str]:
            f'decay {base.weight_decay:g}; warm-up {base.warmup_fraction:.0%}'
            ' then cosine unless a setting says otherwise.', '',
            *tests_section(result), '', *noise_section(result), '',
+           *rerun_section(result), '',
            *mechanism_section(result), '', *bind_section(result), '',
            *headroom_section(result), '', *fair_section(result), '',
            *long_section(result), '']
