@@ -1,9 +1,34 @@
-"""Makes the test helpers importable and keeps JAX on the CPU."""
+"""Makes the test helpers importable, keeps JAX on the CPU and shares
+compiled programs between tests.
+
+The suite trains the same small models many times, in-process and in
+training subprocesses (which inherit the environment). JAX's persistent
+compilation cache lets every compile after the first load the executable
+instead: the same XLA program, so results are unchanged. Each pytest-xdist
+worker has its own cache directory, inside one fresh directory per run (no
+entry outlives the run, and no two workers write one file), unless
+``JAX_COMPILATION_CACHE_DIR`` is already set.
+"""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+_MADE_RUN_DIR = False
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  # Made by the first process (pytest, or xdist's controller), inherited by
+  # the workers and removed by its maker at the end.
+  if 'OPTAX_LAMBC_TEST_RUN_DIR' not in os.environ:
+    os.environ['OPTAX_LAMBC_TEST_RUN_DIR'] = tempfile.mkdtemp(
+        prefix='optax_lambc-')
+    _MADE_RUN_DIR = True
+  _RUN_DIR = os.environ['OPTAX_LAMBC_TEST_RUN_DIR']
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      _RUN_DIR, 'jax-cache-' + os.environ.get('PYTEST_XDIST_WORKER', 'main'))
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 sys.path.insert(0, os.path.dirname(__file__))
 
 # The suite's longest tests (training subprocesses, simulated devices, the
@@ -19,6 +44,9 @@ LONG_FIRST = (
     'tests/test_parallel.py::test_language_model_step',
     'tests/test_benchmarks.py::test_lm_tokens',
     'tests/test_parallel.py::test_two_processes_match',
+    'tests/test_examples.py::test_reproduce_harness',
+    'tests/test_examples.py::test_runs_print_no_warnings',
+    'tests/test_faults.py::test_ctrl_c',
 )
 
 
@@ -32,3 +60,9 @@ def pytest_collection_modifyitems(config, items):
     return len(LONG_FIRST)
 
   items.sort(key=rank)  # stable: every other test keeps its order
+
+
+def pytest_unconfigure(config):
+  del config
+  if _MADE_RUN_DIR:
+    shutil.rmtree(os.environ['OPTAX_LAMBC_TEST_RUN_DIR'], ignore_errors=True)

@@ -22,7 +22,7 @@ def _tiny(preset, **kw):
   base = dict(mock_data=True, mock_num_examples=48, width=4,
               global_batch_size=16, num_train_steps=5,
               checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=5,
-              progress=False, weight_decay=1e-4)
+              progress=False, weight_decay=1e-4, plots=False)
   base.update(kw)
   return preset().replace(**base)
 
@@ -255,9 +255,11 @@ def test_cli_rejects_a_bad_value_before_jax_starts(setting, match):
 
 
 def test_every_model_the_config_accepts_is_built():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   from examples.lib import models  # pylint: disable=g-import-not-at-top
   for name in (*config_lib.CLASSIFIERS, *config_lib.TRANSFORMERS):
-    model = models.create_model(name, 10, 4, 0)
+    # Shapes only: the module is built, no parameter is initialised.
+    model = nnx.eval_shape(lambda n=name: models.create_model(n, 10, 4, 0))
     kind = ('TransformerLM' if name in config_lib.TRANSFORMERS else
             'SmallCNN' if config_lib.CLASSIFIERS[name] is None else 'ResNet')
     assert type(model).__name__ == kind, name
@@ -306,9 +308,7 @@ def test_tensorboard_summaries_beside_the_jsonl(tmp_path):
 @pytest.mark.parametrize('preset,settings', [
     ('digits', ['optimizer=lamb']),
     ('digits', ['max_trust_ratio=none']),
-    ('cifar10', ['mock_data=true', 'width=4', 'global_batch_size=32',
-                 'mock_num_examples=64', 'optimizer=lamb']),
-], ids=['lamb', 'unbounded_lambc', 'mock_cifar10'])
+], ids=['lamb', 'unbounded_lambc'])  # mock cifar10: tests/test_readme.py
 def test_runs_print_no_warnings_and_log_strict_json_and_tensorboard(
     preset, settings, tmp_path):
   args = [sys.executable, '-m', 'examples.main', preset, '--workdir',

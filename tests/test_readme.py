@@ -83,3 +83,8 @@ def test_readme_command_runs(command, tmp_path):
     assert 'not prepared' in out.stderr and 'Traceback' not in out.stderr
   else:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    # A new user's first commands print no warning (the mock-data cifar10
+    # run included: tfds's metadata message is filtered).
+    noisy = [line for line in (out.stdout + out.stderr).splitlines()
+             if re.search(r'warn', line, re.I)]
+    assert not noisy, noisy[:5]
