@@ -3,10 +3,11 @@
 A real ``python -m examples.main`` subprocess (the offline digits preset) is
 killed with SIGKILL at several steps (wherever in the step, or in a checkpoint
 write, the signal lands), stopped once with SIGTERM, and killed once while
-orbax is writing a checkpoint; the same command is rerun until it finishes. The final params,
-optimizer state (bound-policy state included) and eval metrics must be
-bit-identical to an uninterrupted run, no partial checkpoint may be restored,
-and ``metrics.jsonl`` must hold each ``(split, step)`` row exactly once.
+orbax is writing a checkpoint; the same command is rerun until it finishes.
+The final params, optimizer state (bound-policy state included) and eval
+metrics must be bit-identical to an uninterrupted run, no partial checkpoint
+may be restored, and ``metrics.jsonl`` must hold each ``(split, step)`` row
+exactly once.
 """
 
 import json
