@@ -374,15 +374,19 @@ def tests_section(result: r2.Round2) -> list[str]:
 
 
 def _curves(records_by_label: dict[str, list[dict]], batch: int,
-            seq_len: int) -> dict[str, list[tuple]]:
+            seq_len: int, seeds: int) -> dict[str, list[tuple]]:
+  """Mean and min-max per logged step over each label's runs; a label with
+  fewer than ``seeds`` runs so far says how many."""
   curves = {}
   for label, runs in records_by_label.items():
     pts: dict[int, list[float]] = {}
-    for r in runs:
-      if not r['diverged']:
-        for step, bpb in r['curve']:
-          pts.setdefault(step, []).append(bpb)
+    done = [r for r in _done(runs) if not r['diverged']]
+    for r in done:
+      for step, bpb in r['curve']:
+        pts.setdefault(step, []).append(bpb)
     if pts:
+      if len(done) < seeds:
+        label = f'{label} (n={len(done)})'
       curves[label] = [(s * batch * seq_len / 1e6, statistics.mean(v),
                         min(v), max(v)) for s, v in sorted(pts.items())]
   return curves
@@ -404,7 +408,7 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
       ('mechanism', result.finals, 1),
       ('long', {a: result.long_finals[a] for a in result.long_arms},
        plan.long_tokens)):
-    curves = _curves(finals, plan.batch, seq_len)
+    curves = _curves(finals, plan.batch, seq_len, len(plan.final_seeds))
     if not curves:
       continue
     paths.append(plots.plot_curves(
