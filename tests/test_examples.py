@@ -28,9 +28,14 @@ def _tiny(preset, **kw):
 
 
 # One ResNet preset (the cifar10 preset runs end to end in test_readme, the
-# LM resumes in test_lm, the CLI survives SIGKILL in test_faults).
-def test_kill_and_resume_ends_where_uninterrupted_run_ends(tmp_path):
-  config = _tiny(imagenet64, bound_policy='running', policy_warmup_steps=1)
+# LM resumes in test_lm, the CLI survives SIGKILL in test_faults), with one
+# basic block per stage: ResNet-18's code path (BatchNorm statistics,
+# projections, the 64x64 stem) at half the compile time.
+def test_kill_and_resume_ends_where_uninterrupted_run_ends(tmp_path,
+                                                           monkeypatch):
+  monkeypatch.setitem(config_lib.CLASSIFIERS, 'resnet10_64', ((1, 1, 1, 1), 2))
+  config = _tiny(imagenet64, bound_policy='running', policy_warmup_steps=1,
+                 model='resnet10_64')
   full = train_lib.train_and_evaluate(config, str(tmp_path / 'full'))
   killed = train_lib.train_and_evaluate(config.replace(stop_after_steps=3),
                                         str(tmp_path / 'resumed'))
