@@ -320,8 +320,10 @@ def tests(result: r2.Round2) -> list[dict]:
   for h in r2.HYPOTHESES:
     a, b = hypothesis_records(result, h)
     diffs = stats.differences(_seeds(a), _seeds(b))
-    if len(diffs) < 2 or not all(map(math.isfinite, diffs)):
-      rows.append({'h': h, 'n': len(diffs), 'p': math.nan})  # not run
+    planned = len(result.plan.final_seeds)
+    if len(diffs) < max(2, planned) or not all(map(math.isfinite, diffs)):
+      # Not run, or not all its pre-registered seeds yet: no outcome.
+      rows.append({'h': h, 'n': len(diffs), 'p': math.nan})
       continue
     mean, half, n = stats.t_interval(diffs)
     _, half90, _ = stats.t_interval(diffs, 0.90)
@@ -361,8 +363,10 @@ def tests_section(result: r2.Round2) -> list[str]:
   for row in tests(result):
     h = row['h']
     if not math.isfinite(row['p']):
+      state = (f"{row['n']} of {len(result.plan.final_seeds)} seeds so far"
+               if row['n'] else 'not run')
       lines.append(f"| {h.name} | {h.a} − {h.b} ({h.part}) | "
-                   f"{h.prediction} | – (n={row['n']}) | | | not run |")
+                   f"{h.prediction} | – (n={row['n']}) | | | {state} |")
       continue
     lines.append(
         f"| {h.name} | {h.a} − {h.b} ({h.part}) | {h.prediction} | "
@@ -446,10 +450,11 @@ def interim(result: r2.Round2) -> list[str]:
   if done >= planned:
     return []
   return [f'**Interim: {done} of about {planned} planned runs are in the '
-          f'ledger.** A cell "{NOT_RUN}" has no run behind it, a comparison '
-          'with fewer than 2 paired seeds is "not run", and nothing here is '
-          'the round\'s conclusion. Written from the ledger, training '
-          'nothing: `python -m study.lm_round2_report`.', '']
+          f'ledger.** A cell "{NOT_RUN}" has no run behind it, a '
+          'confirmatory comparison gets no outcome before all its seeds '
+          'have run, and nothing here is the round\'s conclusion. Written '
+          'from the ledger, training nothing: '
+          '`python -m study.lm_round2_report`.', '']
 
 
 def write(root: str, base: Config, result: r2.Round2) -> list[str]:

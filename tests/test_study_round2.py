@@ -250,6 +250,14 @@ def test_an_interim_report_reads_the_ledger_and_trains_nothing(tmp_path):
   assert all(r.get('missing') for r in part.finals['LAMBC max 1'])
   rows = {row['h'].name: row for row in report.tests(part)}
   assert all(math.isnan(rows[h]['p']) for h in rows)  # nothing paired yet
+  # A comparison with only some of its seeds has no outcome yet.
+  some = r2.from_ledger(str(ledger))
+  some.finals['LAMBC max 1'] = [dict(r, missing=False) for r in
+                                full.finals['LAMBC max 1'][:3]]
+  h1 = next(row for row in report.tests(some) if row['h'].name == 'H1')
+  assert h1['n'] == 3 and math.isnan(h1['p']) and 'outcome' not in h1
+  assert '| – (n=3) | | | 3 of 5 seeds so far |' in '\n'.join(
+      report.tests_section(some))
   paths = report.write(str(tmp_path / 'out'),
                        lm.base_config(r2.Plan(), []), part)
   text = open(paths[0]).read()
