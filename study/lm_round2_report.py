@@ -433,8 +433,8 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
       mean, half, _ = stats.t_interval(v)
       half = half if math.isfinite(half) else 0.0
       rates[arm].append((lr, mean, mean - half, mean + half))
-  if not any(rates.values()):
-    return paths
+  if not any(len(points) >= 2 for points in rates.values()):
+    return paths  # a curve needs two rates
   paths.append(plots.plot_curves(
       rates, os.path.join(root, 'headroom.png'),
       title=f'Test bits/byte against the learning rate, batch '
