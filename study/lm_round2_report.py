@@ -51,9 +51,10 @@ def _diff(a: list[dict], b: list[dict]) -> str:
   return f'{mean:+.4f} ± {half:.4f} (n={n})'
 
 
-def _value(r: dict, key: str = 'validation_bpb') -> str:
-  return (NOT_RUN if r.get('missing') else f'{r[key]:.3f}'
-          if math.isfinite(r[key]) else 'diverged')
+def _value(r: dict) -> str:
+  v = r['validation_bpb']
+  return (NOT_RUN if r.get('missing') else f'{v:.3f}' if math.isfinite(v)
+          else 'diverged')
 
 
 def _grid_row(records: list[dict], chosen: float | None = None) -> str:
