@@ -431,6 +431,8 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
         by.setdefault(r['lr'], []).append(r['test_bpb'])
     rates[arm] = []
     for lr, v in sorted(by.items()):
+      if len(v) < len(plan.final_seeds):
+        continue  # the title's mean is over every final seed
       mean, half, _ = stats.t_interval(v)
       half = half if math.isfinite(half) else 0.0
       rates[arm].append((lr, mean, mean - half, mean + half))
