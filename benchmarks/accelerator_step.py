@@ -71,11 +71,12 @@ _ARRAY = re.compile(r'\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?')
 _SKIP = ('parameter', 'get-tuple-element', 'tuple', 'constant', 'bitcast')
 
 
-def _array_bytes(text: str) -> int:
-  """Bytes of every array shape in ``text``, except on-chip (``S(n)``) ones."""
+def _array_bytes(text: str, on_chip: bool = False) -> int:
+  """Bytes of every array shape in ``text``; on-chip (``S(n)``) ones only if
+  ``on_chip``."""
   total = 0
   for dtype, dims, layout in _ARRAY.findall(text):
-    if dtype not in _BYTES or (layout and 'S(' in layout):
+    if dtype not in _BYTES or (layout and 'S(' in layout and not on_chip):
       continue
     total += _BYTES[dtype] * int(np.prod([int(d) for d in dims.split(',')
                                           if d] or [1]))
@@ -223,13 +224,14 @@ _COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
 
 
 def collectives(hlo: str) -> dict[str, list[int]]:
-  """Per collective kind, the bytes each op of it moves (its result's; an
-  async pair counts once, at its ``-start``)."""
+  """Per collective kind, the bytes each op of it moves (its result's, every
+  element of a tuple, wherever it lives; an async pair counts once, at its
+  ``-start``)."""
   out: dict[str, list[int]] = {k: [] for k in _COLLECTIVES}
   for _, result, opcode, _ in _entry_ops(hlo):
     kind = opcode.removesuffix('-start')
     if kind in out and not opcode.endswith('-done'):
-      out[kind].append(_array_bytes(result))
+      out[kind].append(_array_bytes(result, on_chip=True))
   return out
 
 
@@ -295,14 +297,15 @@ def lm_shapes(model: str) -> tuple[dict, Any]:
                       params.to_pure_dict()), axes
 
 
-def optimizers(layer_axes: Any) -> dict[str, tuple[Any, bool]]:
+def optimizers(layer_axes: Any, weight_decay: float = 1e-2
+               ) -> dict[str, tuple[Any, bool]]:
   """name -> (optimizer, whether the step returns trust-ratio telemetry)."""
   return {
-      'adamw': (optax.adamw(1e-3, weight_decay=1e-2), False),
-      'optax.lamb': (optax.lamb(1e-3, weight_decay=1e-2), False),
-      'lambc': (optax_lambc.lambc(1e-3, weight_decay=1e-2,
+      'adamw': (optax.adamw(1e-3, weight_decay=weight_decay), False),
+      'optax.lamb': (optax.lamb(1e-3, weight_decay=weight_decay), False),
+      'lambc': (optax_lambc.lambc(1e-3, weight_decay=weight_decay,
                                   layer_axes=layer_axes), False),
-      'lambc+telemetry': (optax_lambc.lambc(1e-3, weight_decay=1e-2,
+      'lambc+telemetry': (optax_lambc.lambc(1e-3, weight_decay=weight_decay,
                                             layer_axes=layer_axes), True),
   }
 
@@ -339,7 +342,8 @@ def compile_and_count(fn: Callable, args: tuple, donate: tuple[int, ...],
   return out
 
 
-def optimizer_rows(target: Target, tree: str) -> dict[str, dict]:
+def optimizer_rows(target: Target, tree: str, weight_decay: float = 1e-2
+                   ) -> dict[str, dict]:
   shapes, layer_axes = trees(tree)
   params = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s, jnp.float32,
@@ -348,7 +352,7 @@ def optimizer_rows(target: Target, tree: str) -> dict[str, dict]:
   param_bytes = sum(4 * int(np.prod(s)) for s in
                     jax.tree.leaves(shapes, is_leaf=_is_shape))
   rows = {}
-  for name, (opt, telemetry) in optimizers(layer_axes).items():
+  for name, (opt, telemetry) in optimizers(layer_axes, weight_decay).items():
     state = jax.eval_shape(opt.init, params)
     state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -404,6 +408,8 @@ def main(argv: list[str] | None = None) -> dict:
                       help="the LM step's model ('' to skip)")
   parser.add_argument('--fsdp', action='store_true',
                       help='also the FSDP collectives on a v5e:2x4 slice')
+  parser.add_argument('--weight-decay', type=float, default=1e-2,
+                      help="the optimizers' weight decay (BERT's LAMB: 1e-2)")
   parser.add_argument('--json', help='write the results here')
   args = parser.parse_args(argv)
   jax.config.update('jax_platforms', 'cpu')
@@ -412,11 +418,13 @@ def main(argv: list[str] | None = None) -> dict:
   result = {'host': machine(), 'jax': jax.__version__,
             'optax': optax.__version__,
             'optax_lambc': optax_lambc.__version__,
-            'date': time.strftime('%Y-%m-%d'), 'rows': {}}
+            'date': time.strftime('%Y-%m-%d'),
+            'weight_decay': args.weight_decay, 'rows': {}}
   for name in args.targets:
     target = get_target(name)
     for tree in args.trees:
-      result['rows'][f'{name}/{tree}'] = optimizer_rows(target, tree)
+      result['rows'][f'{name}/{tree}'] = optimizer_rows(target, tree,
+                                                        args.weight_decay)
     if name == 'h100' and args.lm_model:
       result['rows'][f'{name}/lm:{args.lm_model}'] = lm_rows(
           target, args.lm_model)
@@ -447,7 +455,7 @@ def print_table(result: dict) -> None:
   print(f"\nCompiled ahead of time on {result['host']}, jax {result['jax']}, "
         f"optax {result['optax']}, optax_lambc {result['optax_lambc']}, "
         f"{result['date']}. BERT-base float32, donated update + "
-        'apply_updates.')
+        f"apply_updates, weight decay {result['weight_decay']:g}.")
   print(f"{'target/tree':28}{'optimizer':17}{'HBM passes':>11}"
         f"{'launches':>10}{'fusions':>9}{'copies':>8}{'scalar copies':>15}"
         f"{'async moves':>13}")

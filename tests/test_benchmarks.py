@@ -122,6 +122,7 @@ ENTRY %main.2 (p0: f32[8,4], p1: f32[2]) -> f32[64,4] {
   %all-reduce-start = (f32[2]{0}, f32[3]{0}) all-reduce-start(%p1, %p1), to_apply=%add
   %all-reduce-done = (f32[2]{0}, f32[3]{0}) all-reduce-done(%all-reduce-start)
   %all-reduce.1 = f32[] all-reduce(%p1), to_apply=%add
+  %all-reduce.2 = (f32[4]{0:T(128)S(1)}, f32[2,8]{1,0:T(8,128)S(1)}) all-reduce(%p1, %p0), to_apply=%add
   ROOT %out = f32[64,4]{1,0} copy(%all-gather)
 }
 """  # noqa: E501
@@ -130,9 +131,11 @@ ENTRY %main.2 (p0: f32[8,4], p1: f32[2]) -> f32[64,4] {
 def test_collectives_are_counted_by_kind_with_their_bytes():
   got = accelerator_step.collectives(COLLECTIVE_HLO)
   # The gather's result is 64 x 4 floats; the async all-reduce (a tuple of
-  # 2 + 3 floats) counts once, at its -start; the scalar one moves 4 bytes.
+  # 2 + 3 floats) counts once, at its -start; the scalar one moves 4 bytes;
+  # a tuple in on-chip memory (a TPU's combined all-reduce) counts every
+  # element: 4 + 16 floats.
   assert got['all-gather'] == [1024]
-  assert sorted(got['all-reduce']) == [4, 20]
+  assert sorted(got['all-reduce']) == [4, 20, 80]
   assert got['reduce-scatter'] == got['all-to-all'] == []
 
 
