@@ -21,9 +21,36 @@ what ``init`` is given (Flax variables with their metadata, say), and never
 on the plain arrays ``update`` sees.
 
 The per-layer step reads each leaf once for both squared norms, sums them
-down to its layers (:func:`layer_norms` says how, and why: no partial sum is
-gathered across chips under FSDP), computes and clips every ratio in one
-vectorised expression, and scales each leaf by its entries.
+down to its layers (below), computes and clips every ratio in one vectorised
+expression, and scales each leaf by its entries.
+
+The norms' layout (:func:`layer_norms`), chosen from compiled programs
+(``python -m benchmarks.accelerator_step --fsdp``, BERT-base float32;
+``docs/performance.md``):
+
+* What each device reads: every leaf once, in the pass that computes its
+  update. A leaf with at most :data:`SMALL_LAYER` elements per layer is
+  summed per layer there. A larger one is summed over all but its first
+  non-layer axis (a row reduction: one pass on a GPU, where a full reduction
+  of a large array takes two kernels), leaving *partial sums*.
+* Partial sums are combined only between leaves of one shape and layer
+  grid, which any shape-based sharding lays out alike, the weights' and the
+  updates' together in one reduction per group; a lone unstacked leaf with
+  more than :data:`SMALL_LAYER` partial sums (an embedding) sums weights and
+  updates apart, so that its device-local sums are reduced before anything
+  crosses chips.
+* What crosses chips under FSDP: no partial sum is gathered. Each device
+  sums what it holds and XLA's all-reduce combiner carries the sums in one
+  or two all-reduces (``optax.lamb``: two to four); where a leaf is sharded
+  along an axis its row sums run over, XLA all-reduces those row sums before
+  the group's sum (371 KiB on BERT-base sharded on each leaf's largest
+  axis; 1.6 KiB, the layers' sums alone, on its first). Under
+  ``shard_map``, ``axis_name`` sums with one ``psum``.
+* The cost on one H100: a kernel per group of same-shaped leaves, 227
+  launches unrolled (199 leaves) and 42 stacked (23 leaves), where 0.3's
+  single segment sum over every leaf (which gathers the partial sums of
+  sharded leaves) took 221 and 39; 10.0 HBM passes either way, the LAMB
+  floor.
 
 Rules every layer follows: the ratio is 1 where the weight or the update
 norm is 0 (a fresh zero-initialised layer still moves) and NaN where the
@@ -287,38 +314,37 @@ def layer_norms(leaves: list[list[jax.Array]], grids: list[jax.Array],
                 ) -> jax.Array:
   """``(len(leaves), layers)``: every layer's norm of each list of leaves.
 
-  The layout, chosen from compiled programs (``docs/performance.md``): a
-  leaf with at most :data:`SMALL_LAYER` elements per layer is summed per
-  layer in one reduction. A larger leaf is first summed over all but its
-  first non-layer axis (a row reduction: one pass on a GPU, where a full
-  reduction of a large array takes two kernels), and the partial sums of
-  all leaves of one shape and layer grid are stacked and summed together.
-  Partial sums of *different* leaves are combined only there, between
-  arrays that any shape-based sharding lays out alike, so under FSDP no
-  partial sum is gathered: each device sums what it holds, and XLA's
-  all-reduce combiner carries every layer's sums across chips in one
-  collective. ``axis_name`` sums across mapped axes (``shard_map``) with one
+  The layout, and the compiled figures behind it, are in the module
+  docstring. ``axis_name`` sums across mapped axes (``shard_map``) with one
   ``psum``.
   """
   groups: dict[Any, list[int]] = {}
   for i, (x, g) in enumerate(zip(leaves[0], grids, strict=True)):
     big = g.size and jnp.size(x) // g.size > SMALL_LAYER
     groups.setdefault((jnp.shape(x), g.shape) if big else None, []).append(i)
-  rows = []
-  for xs in leaves:
-    sums: list[Any] = [None] * len(grids)
-    for key, members in groups.items():
-      if key is None:  # small leaves: one reduction each
+  sums: list[list[Any]] = [[None] * len(grids) for _ in leaves]
+  for key, members in groups.items():
+    if key is None:  # small leaves: one reduction each
+      for xs, row in zip(leaves, sums, strict=True):
         for i in members:
           axes = tuple(a for a, d in enumerate(grids[i].shape) if d == 1)
-          sums[i] = jnp.sum(_squared(xs[i], dtype), axis=axes).reshape(-1)
-        continue
-      total = jnp.concatenate([_partials(xs[i], grids[i].shape, dtype)
-                               for i in members]).sum(axis=1)
-      starts = np.cumsum([0] + [grids[i].size for i in members])
-      for i, a, b in zip(members, starts[:-1], starts[1:], strict=True):
-        sums[i] = total[a:b]
-    rows.append(jnp.concatenate(sums) if sums else jnp.zeros([0], dtype))
+          row[i] = jnp.sum(_squared(xs[i], dtype), axis=axes).reshape(-1)
+      continue
+    # One reduction for the group's partial sums of every list, but a lone
+    # unstacked leaf with many partial sums sums each list apart (see above).
+    cells = [(j, i) for j in range(len(leaves)) for i in members]
+    first = leaves[0][members[0]]
+    lone = (len(members) == 1 and grids[members[0]].size == 1
+            and jnp.shape(first)[0] > SMALL_LAYER)
+    for block in ([[c] for c in cells] if lone else [cells]):
+      total = jnp.concatenate([_partials(leaves[j][i], grids[i].shape, dtype)
+                               for j, i in block]).sum(axis=1)
+      start = 0
+      for j, i in block:
+        sums[j][i] = total[start:start + grids[i].size]
+        start += grids[i].size
+  rows = [jnp.concatenate(row) if row else jnp.zeros([0], dtype)
+          for row in sums]
   sq = jnp.stack(rows)
   return safe_sqrt(sq if axis_name is None else jax.lax.psum(sq, axis_name))
 

@@ -137,8 +137,9 @@ def test_without_upper_bound_equals_optax_lamb(jit, weight_decay):
     u1, s_ours = up_ours(grads, s_ours, params)
     u2, s_theirs = up_theirs(grads, s_theirs, params)
     for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
-      # The norms are summed in another order (partial sums, then one segment
-      # sum): the ratio moves by a few ulps, with or without jit.
+      # The norms are summed in another order (row sums, then one sum per
+      # group of same-shaped leaves): the ratio moves by a few ulps, with or
+      # without jit.
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6)
     params = optax.apply_updates(params, u2)
 

@@ -218,3 +218,29 @@ def test_non_bool_mask_names_the_path():
   t = optax_lambc.scale_by_clipped_trust_ratio(mask={'a': 1.5})
   with pytest.raises(TypeError, match="`mask` at 'a'"):
     t.init(params)
+
+
+def test_every_norm_layout_matches_numpy():
+  # One leaf per way `layer_norms` sums (optax_lambc/_layers.py): small
+  # leaves in one reduction, big same-shaped leaves (and a stacked one)
+  # whose row sums share a group, and a lone big leaf with many row sums
+  # (an embedding) whose weights and updates are summed apart.
+  rng = np.random.default_rng(11)
+  shapes = {'small': (7, 3), 'pair_a': (64, 80), 'pair_b': (64, 80),
+            'lone': (90, 60), 'embed': (5000, 2), 'stack': (3, 70, 80)}
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in shapes.items()}
+  updates = {k: jnp.asarray(rng.normal(size=s) * 1e-2, jnp.float32)
+             for k, s in shapes.items()}
+  axes = {k: (0 if k == 'stack' else None) for k in shapes}
+  t = optax_lambc.scale_by_clipped_trust_ratio(0.0, None, layer_axes=axes)
+  out, state = jax.jit(t.update)(updates, t.init(params), params)
+  raw = optax_lambc.trust_ratio_stats(state).by_path('raw')
+  for k in shapes:
+    w, u = np.asarray(params[k], np.float64), np.asarray(updates[k], np.float64)
+    per = (1, 2) if k == 'stack' else None
+    want = np.sqrt((w * w).sum(axis=per)) / np.sqrt((u * u).sum(axis=per))
+    np.testing.assert_allclose(raw[k], want, rtol=1e-5, err_msg=k)
+    scale = want[:, None, None] if k == 'stack' else want
+    np.testing.assert_allclose(np.asarray(out[k]), scale * u, rtol=1e-5,
+                               err_msg=k)
