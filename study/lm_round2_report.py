@@ -403,12 +403,18 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
                                  for s, b in r['noise']]
            for r in _done(result.noise_runs)}
   if noise:
+    run = _done(result.noise_runs)[0]
+    total = run['steps'] * run['batch'] * seq_len / 1e6
+    windows = {"the amended rule's window (middle half)": lm.NOISE_WINDOW,
+               "the original rule's window (second half)":
+                   lm.ORIGINAL_NOISE_WINDOW}
     paths.append(plots.plot_curves(
         noise, os.path.join(root, 'noise_scale.png'),
         title=f'Gradient noise scale along LAMB runs (batch '
               f'{plan.noise_batch}), {len(noise)} seeds',
         xlabel='training bytes (millions)',
-        ylabel=f'B_simple (sequences of {seq_len} bytes)', log_y=True))
+        ylabel=f'B_simple (sequences of {seq_len} bytes)', log_y=True,
+        spans={k: (w.lo * total, w.hi * total) for k, w in windows.items()}))
   for name, finals, tokens in (
       ('mechanism', result.finals, 1),
       ('long', {a: result.long_finals[a] for a in result.long_arms},

@@ -57,7 +57,8 @@ _STYLES = [('-', 'o'), ('--', 's'), ('-.', '^'), (':', 'D'), ('-', 'v'),
 def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
                 title: str = '', xlabel: str = 'step',
                 ylabel: str = 'test accuracy',
-                log_y: bool = False, log_x: bool = False) -> str:
+                log_y: bool = False, log_x: bool = False,
+                spans: dict[str, tuple[float, float]] | None = None) -> str:
   """One line per label, every point shown.
 
   ``curves[label]`` is ``[(x, y), ...]``, or ``[(x, mean, lo, hi), ...]`` for
@@ -65,10 +66,16 @@ def plot_curves(curves: dict[str, list[tuple[float, ...]]], out: str,
   own style and its own markers (staggered, hollow and larger for each
   later line), so curves that coincide stay distinguishable. The axes cover
   every point. ``log_y`` / ``log_x``: logarithmic axes (non-positive values
-  dropped).
+  dropped). ``spans``: ``{label: (x0, x1)}``, ranges of x shaded behind the
+  lines (each its own hatch, so overlapping ones stay readable).
   """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for i, (label, (x0, x1)) in enumerate((spans or {}).items()):
+    ax.axvspan(x0, x1, facecolor=f'{0.9 - 0.08 * i:.2f}', alpha=0.6,
+               hatch=('', '//', '\\\\')[i % 3], edgecolor='0.35',
+               linewidth=1.0, linestyle=('-', '--', ':')[i % 3],
+               label=label, zorder=0)
   for i, (label, points) in enumerate(curves.items()):
     points = [p for p in points if np.isfinite(p[1]) and
               (p[1] > 0 or not log_y)]
