@@ -345,7 +345,7 @@ def outcome(row: dict) -> str:
   h, mean, p = row['h'], row['mean'], row['holm']
   if h.prediction == '=':
     return ('holds: equivalent within ±{:g}'.format(r2.MARGIN) if p < 0.05
-            else 'not shown: not equivalent within the margin')
+            else 'not shown: equivalence not significant at 0.05 (Holm)')
   if p >= 0.05:
     return 'not shown: no difference at 0.05 (Holm)'
   sign = '>' if mean > 0 else '<'
