@@ -399,12 +399,11 @@ def _curves(records_by_label: dict[str, list[dict]], batch: int,
 
 def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
   plan, paths = result.plan, []
+  noise_runs = _done(result.noise_runs)
   noise = {f"seed {r['seed']}": [(s * r['batch'] * seq_len / 1e6, b)
-                                 for s, b in r['noise']]
-           for r in _done(result.noise_runs)}
+                                 for s, b in r['noise']] for r in noise_runs}
   if noise:
-    run = _done(result.noise_runs)[0]
-    total = run['steps'] * run['batch'] * seq_len / 1e6
+    total = noise_runs[0]['steps'] * noise_runs[0]['batch'] * seq_len / 1e6
     windows = {"the amended rule's window (middle half)": lm.NOISE_WINDOW,
                "the original rule's window (second half)":
                    lm.ORIGINAL_NOISE_WINDOW}
