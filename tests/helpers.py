@@ -118,3 +118,19 @@ def run_lockstep(opt, ref, params_tree, steps, seed=0, jit=True,
             np.asarray(got), r, rtol=rtol, atol=rtol * scale,
             err_msg=f'step {t}, leaf {jax.tree_util.keystr(path)}')
   return params, state
+
+
+def own_compilation_cache(env: dict, tag: str) -> dict:
+  """``env`` with a JAX compilation cache directory of its own (``tag``).
+
+  For a training process that runs beside another or may be killed: JAX
+  writes a cache entry in place, without a lock unless a cache size limit is
+  set, so a process reading beside the writer, or any later one after a
+  SIGKILL mid-write, reads a truncated entry and warns. The directory is
+  the test worker's with ``-tag`` appended, so processes with one tag still
+  share compiles across tests; with no cache configured ``env`` is returned
+  as is.
+  """
+  base = env.get('JAX_COMPILATION_CACHE_DIR')
+  return env if not base else dict(
+      env, JAX_COMPILATION_CACHE_DIR=f'{base}-{tag}')

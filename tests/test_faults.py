@@ -21,6 +21,7 @@ import time
 
 import jax
 import numpy as np
+from helpers import own_compilation_cache
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +98,8 @@ def _run_until_killed(workdir, kill_at_step: int,
   truncated metrics.jsonl, the file still holds the previous run's rows.
   """
   start_ns = time.time_ns()
-  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT,
+                          env=own_compilation_cache(_env(), 'killed'),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   deadline = time.time() + 300
@@ -147,7 +149,8 @@ def test_sigkill_at_random_moments_ends_bit_identical(tmp_path):
       n = (_last_step(work) // 4 + 1) * 4
       killed = subprocess.run(
           _cmd(work, faults=True), cwd=ROOT, capture_output=True, text=True,
-          timeout=600, env=_env(FAULT_KILL_DURING_SAVE=str(n)))
+          timeout=600, env=own_compilation_cache(
+              _env(FAULT_KILL_DURING_SAVE=str(n)), 'killed'))
       assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
       leftovers = [p for p in os.listdir(work / 'checkpoints')
                    if p.startswith(f'{n}.') or p == str(n)]
@@ -290,7 +293,8 @@ def _start_two(workdir) -> list[subprocess.Popen]:
   return [subprocess.Popen(
       _cmd(workdir), cwd=ROOT, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True, env=dict(
-          _env(), XLA_FLAGS='--xla_force_host_platform_device_count=2',
+          own_compilation_cache(_env(), f'two-p{i}'),
+          XLA_FLAGS='--xla_force_host_platform_device_count=2',
           JAX_COORDINATOR=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
           JAX_PROCESS_ID=str(i), JAX_HEARTBEAT_TIMEOUT_SECONDS='10'))
           for i in range(2)]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+from helpers import own_compilation_cache
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), 'scripts')
 
@@ -45,7 +46,7 @@ def test_two_processes_match_one_process(tmp_path):
       [sys.executable, script, str(i), '2', port, str(tmp_path), '2',
        'fsdp'],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=_env()) for i in range(2)]
+      env=own_compilation_cache(_env(), f'p{i}')) for i in range(2)]
   logs = [p.communicate(timeout=600)[0] for p in procs]
   for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-4000:]
