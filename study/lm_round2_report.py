@@ -280,6 +280,39 @@ def fair_section(result: r2.Round2) -> list[str]:
   return lines
 
 
+# PLAN.md's rule for docs/results.md's sentence on large batches: LAMB's fair
+# best minus AdamW's, by the upper end of its 95 % interval.
+MUCH_BETTER = -0.1
+ROUND1_GAP = 0.836  # round 1, batch 128: AdamW 4.054 − LAMB 3.218
+
+
+def fair_sentence(result: r2.Round2) -> list[str]:
+  """What the pre-registered rule makes of the sentence "the layer-wise
+  methods hold the large batch much better", and the prediction's outcome."""
+  lamb = _seeds(result.fair_finals.get('LAMB', []))
+  adamw = _seeds(result.fair_finals.get('AdamW', []))
+  mean, half, n = stats.paired_interval(lamb, adamw)
+  planned = len(result.fair_finals.get('LAMB', []))
+  if n < max(planned, 2):
+    return [f'The sentence on large batches (PLAN.md\'s rule) waits for '
+            f'LAMB\'s and AdamW\'s final seeds ({n} of {planned} paired).']
+  upper = mean + half
+  verdict = (
+      'kept: the layer-wise methods hold the large batch much better'
+      if upper < MUCH_BETTER else
+      '"much better" becomes "better", with the figure' if upper < 0 else
+      'dropped: AdamW is better' if mean - half > 0 else
+      'dropped: LAMB and AdamW tie')
+  held = abs(mean) < 0.3 and upper < 0
+  return [
+      f'**The sentence on large batches** (PLAN.md\'s rule): LAMB − AdamW at '
+      f'their fair best is {mean:+.3f} ± {half:.3f} bits/byte ({n} paired '
+      f'seeds; 95 % interval {mean - half:+.3f} to {upper:+.3f}), so the '
+      f'sentence is {verdict}. The prediction (the gap shrinks from round '
+      f'1\'s {ROUND1_GAP:.2f} to under 0.3, LAMB still better) '
+      + ('held.' if held else 'did not hold.')]
+
+
 def long_section(result: r2.Round2) -> list[str]:
   plan = result.plan
   lines = [f'## Part 5: {plan.long_tokens}× the training bytes (batch '
@@ -486,6 +519,7 @@ def write(root: str, base: Config, result: r2.Round2) -> list[str]:
            *rerun_section(result), '',
            *mechanism_section(result), '', *bind_section(result), '',
            *headroom_section(result), '', *fair_section(result), '',
+           *fair_sentence(result), '',
            *long_section(result), '']
   paths = [os.path.join(root, 'results.md'),
            os.path.join(root, 'results.json')]

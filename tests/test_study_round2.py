@@ -275,3 +275,27 @@ def test_an_interim_report_reads_the_ledger_and_trains_nothing(tmp_path):
   paths = report.write(str(tmp_path / 'out'), lm.base_config(r2.Plan(), []),
                        r2.from_ledger(str(ledger)))
   assert 'Interim' not in open(paths[0]).read()
+
+
+@pytest.mark.parametrize('gaps,verdict,held', [
+    ((-0.5, -0.45, -0.55, -0.5, -0.52), 'kept: the layer-wise', False),
+    ((-0.05, -0.08, -0.06, -0.07, -0.04), '"much better" becomes "better"',
+     True),
+    ((0.1, -0.1, 0.05, -0.05, 0.0), 'dropped: LAMB and AdamW tie', False),
+    ((0.2, 0.25, 0.22, 0.21, 0.24), 'dropped: AdamW is better', False),
+])
+def test_the_large_batch_sentence_follows_the_plans_rule(gaps, verdict, held):
+  out = r2.stages(r2.Plan(), fake_do([]))
+  assert report.fair_sentence(out)[0].startswith('**The sentence')
+  adamw = out.fair_finals['AdamW']
+  out.fair_finals['LAMB'] = [dict(a, optimizer='LAMB',
+                                  test_bpb=a['test_bpb'] + g)
+                             for a, g in zip(adamw, gaps, strict=True)]
+  text = report.fair_sentence(out)[0]
+  assert f'{np.mean(gaps):+.3f} ±' in text
+  assert verdict in text, text
+  assert text.endswith('held.' if held else 'did not hold.'), text
+  # Before every final seed has run, no verdict.
+  out.fair_finals['LAMB'] = out.fair_finals['LAMB'][:3] + [
+      dict(r, missing=True) for r in out.fair_finals['LAMB'][3:]]
+  assert 'waits for' in report.fair_sentence(out)[0]
