@@ -298,10 +298,10 @@ def fair_sentence(result: r2.Round2) -> list[str]:
             f'LAMB\'s and AdamW\'s final seeds ({n} of {planned} paired).']
   upper = mean + half
   verdict = (
-      'kept: the layer-wise methods hold the large batch much better'
-      if upper < MUCH_BETTER else
-      '"much better" becomes "better", with the figure' if upper < 0 else
-      'dropped: AdamW is better' if mean - half > 0 else
+      'kept as it stands: the layer-wise methods hold the large batch much '
+      'better' if upper < MUCH_BETTER else
+      'changed from "much better" to "better", with the figure' if upper < 0
+      else 'dropped: AdamW is better' if mean - half > 0 else
       'dropped: LAMB and AdamW tie')
   held = abs(mean) < 0.3 and upper < 0
   return [
