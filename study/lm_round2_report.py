@@ -277,6 +277,10 @@ def fair_section(result: r2.Round2) -> list[str]:
         + ('–' if arm == 'AdamW' else _diff(
             result.fair_finals[arm], result.fair_finals.get('AdamW', [])))
         + ' |')
+  lambc, lamb = (result.fair_finals.get(a, []) for a in ('LAMBC max 1', 'LAMB'))
+  if _done(lambc) and _done(lamb):
+    lines += ['', 'LAMBC max 1 − LAMB, each at its fair best (descriptive): '
+              f'{_diff(lambc, lamb)}.']
   return lines
 
 

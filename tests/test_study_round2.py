@@ -118,6 +118,7 @@ def test_report_tests_the_five_hypotheses_with_holm(tmp_path):
   paths = report.write(str(tmp_path), lm.base_config(r2.Plan(), []), out)
   text = open(paths[0]).read()
   for part in ('| H5 |', '## Part 4', 'Original rule', 'test CPU',
+               'LAMBC max 1 − LAMB, each at its fair best (descriptive): ',
                '`blocks/ln/scale` max 2', 'identical (n=5)',
                # round 1's LAMB and LAMBC finals have the fake's keys
                "## Round 1's runs, rerun", '| final seeds | 10 |'):
