@@ -465,6 +465,18 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
               f'{tokens}× bytes\nmean over {len(plan.final_seeds)} seeds; '
               'band: min-max', xlabel='training bytes (millions)',
         ylabel='validation bits per byte'))
+  if all(_done(result.fair_finals[a]) for a in plan.fair):
+    fair = {f'{a}, fair best': result.fair_finals[a] for a in plan.fair}
+    fair.update({f'{a}, round 1\'s setting': result.finals[a]
+                 for a in plan.fair if a in result.finals})
+    paths.append(plots.plot_curves(
+        _curves(fair, plan.batch, seq_len, len(plan.final_seeds)),
+        os.path.join(root, 'validation_fair.png'),
+        title=f'Batch {plan.batch}: each optimizer at its fair best (part 4) '
+              'and\nat round 1\'s setting; mean over '
+              f'{len(plan.final_seeds)} seeds, band: min-max',
+        xlabel='training bytes (millions)',
+        ylabel='validation bits per byte'))
   rates = {}
   for arm in plan.headroom:
     by: dict[float, list[float]] = {}

@@ -125,6 +125,8 @@ def test_report_tests_the_five_hypotheses_with_holm(tmp_path):
     assert part in text, part
   assert all((tmp_path / p.rsplit('/', 1)[-1]).stat().st_size > 1000
              for p in paths if p.endswith('.png'))
+  assert {'validation_fair.png', 'headroom.png', 'noise_scale.png'} <= {
+      p.rsplit('/', 1)[-1] for p in paths}
   json.loads((tmp_path / 'results.json').read_text())
 
 
