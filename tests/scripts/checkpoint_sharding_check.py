@@ -8,11 +8,9 @@ import os
 import sys
 import tempfile
 
-# Simulated devices share 2 cores: under load a collective's threads can take
-# longer than XLA:CPU's 40 s to meet, so the limit is the test's own timeout.
-os.environ['XLA_FLAGS'] = (
-    '--xla_force_host_platform_device_count=8 '
-    '--xla_cpu_collective_call_terminate_timeout_seconds=600')
+import devices  # tests/scripts/devices.py
+
+os.environ['XLA_FLAGS'] = devices.xla_flags(8)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
 import jax  # noqa: E402

@@ -13,13 +13,11 @@ the final params to OUTDIR/params_PID.npz and of the trust-ratio telemetry
 import os
 import sys
 
+import devices  # tests/scripts/devices.py
+
 pid, nproc, port, outdir, local_devices = sys.argv[1:6]
 mode = sys.argv[6] if len(sys.argv) > 6 else 'jit'
-# Simulated devices share 2 cores: under load a collective's threads can take
-# longer than XLA:CPU's 40 s to meet, so the limit is the test's own timeout.
-os.environ['XLA_FLAGS'] = (
-    f'--xla_force_host_platform_device_count={int(local_devices)} '
-    '--xla_cpu_collective_call_terminate_timeout_seconds=600')
+os.environ['XLA_FLAGS'] = devices.xla_flags(int(local_devices))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
 import jax  # noqa: E402
