@@ -46,11 +46,14 @@ The norms' layout (:func:`layer_norms`), chosen from compiled programs
   the group's sum (371 KiB on BERT-base sharded on each leaf's largest
   axis; 1.6 KiB, the layers' sums alone, on its first). Under
   ``shard_map``, ``axis_name`` sums with one ``psum``.
-* The cost on one H100: a kernel per group of same-shaped leaves, 227
+* The cost on one H100: a kernel per group of same-shaped leaves, 226
   launches unrolled (199 leaves) and 42 stacked (23 leaves), where 0.3's
   single segment sum over every leaf (which gathers the partial sums of
   sharded leaves) took 221 and 39; 10.0 HBM passes either way, the LAMB
-  floor.
+  floor. Without weight decay the update does not read the weights, and
+  XLA:GPU sums a small leaf's weights in a kernel of its own unless one
+  variadic reduction takes both of its norms (:func:`_sum_squares`): 301
+  and 61 launches that way, 425 and 65 apart.
 
 Rules every layer follows: the ratio is 1 where the weight or the update
 norm is 0 (a fresh zero-initialised layer still moves) and NaN where the
@@ -59,6 +62,7 @@ float32 at least (float64 stays float64), the scaled update keeps its leaf's
 dtype; gradients through norms are finite (0) at zero norms.
 """
 
+import functools
 import inspect
 import math
 import numbers
@@ -297,6 +301,42 @@ def _squared(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
           ).astype(dtype)
 
 
+def _sum_squares(xs: list[jax.Array], axes: tuple[int, ...],
+                 dtype: jnp.dtype) -> tuple[jax.Array, ...]:
+  """Each of ``xs``'s squares summed over ``axes``.
+
+  On a GPU, a whole-leaf sum takes every list in one variadic reduction: one
+  kernel for a small leaf's two norms, which XLA:GPU otherwise takes in two
+  when the update does not read the weights (no weight decay). Elsewhere the
+  lists are summed apart: XLA:CPU runs a variadic reduction slower, and on
+  TPU it adds fusions; a per-layer (stacked) variadic sum makes the SPMD
+  partitioner all-gather sharded leaves (``docs/performance.md``).
+  """
+  sq = [_squared(x, dtype) for x in xs]
+  apart = lambda *sq: tuple(jnp.sum(s, axis=axes) for s in sq)
+  if len(sq) < 2 or len(axes) < jnp.ndim(sq[0]):
+    return apart(*sq)
+  together = lambda *sq: _sums_in_one(sq, axes)
+  return jax.lax.platform_dependent(*sq, cuda=together, rocm=together,
+                                    default=apart)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _sums_in_one(sq: tuple[jax.Array, ...], axes: tuple[int, ...]
+                 ) -> tuple[jax.Array, ...]:
+  """Each of ``sq`` summed over ``axes`` by one variadic reduction, whose
+  derivative sums apart (JAX cannot differentiate a variadic reduction)."""
+  zeros = tuple(jnp.zeros([], s.dtype) for s in sq)
+  return jax.lax.reduce(sq, zeros, lambda a, b: tuple(map(jnp.add, a, b)),
+                        axes)
+
+
+@_sums_in_one.defjvp
+def _sums_in_one_jvp(axes, primals, tangents):
+  (sq,), (dsq,) = primals, tangents
+  return _sums_in_one(sq, axes), tuple(jnp.sum(d, axis=axes) for d in dsq)
+
+
 def _partials(x: jax.Array, grid_shape: tuple[int, ...], dtype: jnp.dtype
               ) -> jax.Array:
   """``(layers, m)``: squares summed over every non-layer axis but the first
@@ -324,11 +364,12 @@ def layer_norms(leaves: list[list[jax.Array]], grids: list[jax.Array],
     groups.setdefault((jnp.shape(x), g.shape) if big else None, []).append(i)
   sums: list[list[Any]] = [[None] * len(grids) for _ in leaves]
   for key, members in groups.items():
-    if key is None:  # small leaves: one reduction each
-      for xs, row in zip(leaves, sums, strict=True):
-        for i in members:
-          axes = tuple(a for a, d in enumerate(grids[i].shape) if d == 1)
-          row[i] = jnp.sum(_squared(xs[i], dtype), axis=axes).reshape(-1)
+    if key is None:  # small leaves: one reduction each, for every list
+      for i in members:
+        axes = tuple(a for a, d in enumerate(grids[i].shape) if d == 1)
+        for row, s in zip(sums, _sum_squares([xs[i] for xs in leaves], axes,
+                                             dtype), strict=True):
+          row[i] = s.reshape(-1)
       continue
     # One reduction for the group's partial sums of every list, but a lone
     # unstacked leaf with many partial sums sums each list apart (see above).

@@ -220,27 +220,68 @@ def test_non_bool_mask_names_the_path():
     t.init(params)
 
 
-def test_every_norm_layout_matches_numpy():
+@pytest.mark.parametrize('sums', ['cpu', 'gpu'])
+def test_every_norm_layout_matches_numpy(sums, monkeypatch):
   # One leaf per way `layer_norms` sums (optax_lambc/_layers.py): small
-  # leaves in one reduction, big same-shaped leaves (and a stacked one)
-  # whose row sums share a group, and a lone big leaf with many row sums
-  # (an embedding) whose weights and updates are summed apart.
+  # leaves (a scalar, a stacked one) in one reduction each, big same-shaped
+  # leaves (and a stacked one) whose row sums share a group, and a lone big
+  # leaf with many row sums (an embedding) whose weights and updates are
+  # summed apart.
+  # On a GPU a small unstacked leaf takes both norms in one variadic
+  # reduction; the 'gpu' case runs that branch here.
+  if sums == 'gpu':
+    monkeypatch.setattr(jax.lax, 'platform_dependent',
+                        lambda *args, cuda, **others: cuda(*args))
   rng = np.random.default_rng(11)
-  shapes = {'small': (7, 3), 'pair_a': (64, 80), 'pair_b': (64, 80),
-            'lone': (90, 60), 'embed': (5000, 2), 'stack': (3, 70, 80)}
+  shapes = {'scalar': (), 'small': (7, 3), 'small_stack': (3, 4, 5),
+            'pair_a': (64, 80), 'pair_b': (64, 80), 'lone': (90, 60),
+            'embed': (5000, 2), 'stack': (3, 70, 80)}
+  stacked = ('stack', 'small_stack')
   params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
             for k, s in shapes.items()}
   updates = {k: jnp.asarray(rng.normal(size=s) * 1e-2, jnp.float32)
              for k, s in shapes.items()}
-  axes = {k: (0 if k == 'stack' else None) for k in shapes}
+  axes = {k: (0 if k in stacked else None) for k in shapes}
   t = optax_lambc.scale_by_clipped_trust_ratio(0.0, None, layer_axes=axes)
   out, state = jax.jit(t.update)(updates, t.init(params), params)
   raw = optax_lambc.trust_ratio_stats(state).by_path('raw')
   for k in shapes:
     w, u = np.asarray(params[k], np.float64), np.asarray(updates[k], np.float64)
-    per = (1, 2) if k == 'stack' else None
+    per = (1, 2) if k in stacked else None
     want = np.sqrt((w * w).sum(axis=per)) / np.sqrt((u * u).sum(axis=per))
     np.testing.assert_allclose(raw[k], want, rtol=1e-5, err_msg=k)
-    scale = want[:, None, None] if k == 'stack' else want
+    scale = want[:, None, None] if k in stacked else want
     np.testing.assert_allclose(np.asarray(out[k]), scale * u, rtol=1e-5,
                                err_msg=k)
+  # Gradients through the update, w.r.t. the params alone (the updates'
+  # tangent is zero) and both: each platform's sums give the same.
+  state = t.init(params)
+  loss = lambda p, u: sum(jnp.sum(jnp.sin(x)) for x in
+                          jax.tree.leaves(t.update(u, state, p)[0]))
+  grads = [jax.grad(loss)(params, updates),
+           jax.grad(loss, argnums=(0, 1))(params, updates)]
+  monkeypatch.undo()  # CPU's sums, the reference
+  want = [jax.grad(loss)(params, updates),
+          jax.grad(loss, argnums=(0, 1))(params, updates)]
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+    assert np.isfinite(np.asarray(g)).all()
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize('platform', ['cpu', 'cuda', 'rocm', 'tpu'])
+def test_small_leaves_take_both_norms_in_one_reduction_on_gpu(platform):
+  # XLA:GPU takes a small leaf's two norms in two kernels when the update does
+  # not read the weights (no weight decay); one variadic reduction takes them
+  # in one. Not on CPU (slower), not on TPU (more fusions), and not per layer
+  # of a stacked leaf (the SPMD partitioner all-gathers it when sharded).
+  t = optax_lambc.scale_by_clipped_trust_ratio(
+      0.0, 1.0, layer_axes={'b': None, 'w': None, 'stacked': 0})
+  params = {'b': jnp.ones(5), 'w': jnp.ones((3, 4)),
+            'stacked': jnp.ones((2, 3))}
+  module = jax.export.export(jax.jit(t.update), platforms=[platform])(
+      params, t.init(params), params).mlir_module()
+  reduces = [line for line in module.splitlines() if 'stablehlo.reduce' in line]
+  variadic = [line for line in reduces if ':2 = stablehlo.reduce' in line]
+  gpu = platform in ('cuda', 'rocm')
+  assert (len(variadic), len(reduces)) == ((2, 4) if gpu else (0, 6)), reduces
