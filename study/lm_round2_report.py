@@ -458,12 +458,13 @@ def figures(root: str, result: r2.Round2, seq_len: int) -> list[str]:
     curves = _curves(finals, plan.batch, seq_len, len(plan.final_seeds))
     if not curves:
       continue
+    fewer = ' (n: fewer so far)' if any('(n=' in k for k in curves) else ''
     paths.append(plots.plot_curves(
         curves,
         os.path.join(root, f'validation_{name}.png'),
         title=f'Validation bits/byte (fixed sample), batch {plan.batch}, '
-              f'{tokens}× bytes\nmean over {len(plan.final_seeds)} seeds; '
-              'band: min-max', xlabel='training bytes (millions)',
+              f'{tokens}× bytes\nmean over {len(plan.final_seeds)} seeds'
+              f'{fewer}; band: min-max', xlabel='training bytes (millions)',
         ylabel='validation bits per byte'))
   if all(_done(result.fair_finals[a]) for a in plan.fair):
     fair = {f'{a}, fair best': result.fair_finals[a] for a in plan.fair}
