@@ -253,8 +253,10 @@ def test_every_norm_layout_matches_numpy(sums, monkeypatch):
     scale = want[:, None, None] if k in stacked else want
     np.testing.assert_allclose(np.asarray(out[k]), scale * u, rtol=1e-5,
                                err_msg=k)
+  if sums == 'cpu':
+    return
   # Gradients through the update, w.r.t. the params alone (the updates'
-  # tangent is zero) and both: each platform's sums give the same.
+  # tangent is zero) and both: the GPU's sums give what CPU's give.
   state = t.init(params)
   loss = lambda p, u: sum(jnp.sum(jnp.sin(x)) for x in
                           jax.tree.leaves(t.update(u, state, p)[0]))
