@@ -1,7 +1,5 @@
 """Shared test fixtures: random multi-leaf trees and a lock-step runner."""
 
-import zlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,15 +25,6 @@ def matrix(cases: list, also: int = 2) -> list:
         out.append(pytest.param(*case, *mode,
                                 id=f'{name}-{"-".join(map(str, case))}'))
   return out
-
-
-def stable_seed(*parts) -> int:
-  """A seed in [0, 1000) derived from ``parts``, the same in every process.
-
-  Python's ``hash()`` of ``None`` (and of objects) changes per process, so it
-  must never seed a test.
-  """
-  return zlib.crc32(repr(parts).encode()) % 1000
 
 
 def make_tree(seed: int, dtype=np.float32) -> dict:

@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import optax_lambc
-from helpers import make_tree, run_lockstep, stable_seed
+from helpers import make_tree, run_lockstep
+from seeds import stable_seed
 import reference_numpy as ref
 
 PARAMS = {'enc': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)},
@@ -303,7 +304,7 @@ def test_nonfinite_leaves_name_the_layer_of_a_skipped_step():
 
 
 def test_stable_seed_is_the_same_in_every_process():
-  code = ('import sys; sys.path.insert(0, "tests"); from helpers import '
+  code = ('import sys; sys.path.insert(0, "tests"); from seeds import '
           'stable_seed; print(stable_seed(0.0, None, 1e-2))')
   root = os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))

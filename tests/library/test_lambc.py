@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import optax_lambc
-from helpers import make_tree, matrix, run_lockstep, stable_seed
+from helpers import make_tree, matrix, run_lockstep
+from seeds import stable_seed
 import reference_numpy as ref
 
 BOUNDS = [(0.0, None), (0.0, 1.0), (0.0, 3.0), (0.0, 10.0), (0.1, 1.0)]
