@@ -4,10 +4,15 @@ compiled programs between tests.
 The suite trains the same small models many times, in-process and in
 training subprocesses (which inherit the environment). JAX's persistent
 compilation cache lets every compile after the first load the executable
-instead: the same XLA program, so results are unchanged. Each pytest-xdist
-worker has its own cache directory, inside one fresh directory per run (no
-entry outlives the run, and no two workers write one file), unless
-``JAX_COMPILATION_CACHE_DIR`` is already set.
+instead: the same XLA program, so results are unchanged. The first process
+(pytest, or xdist's controller) makes one fresh run directory and removes it
+at the end; its cache directory there is inherited by the xdist workers and
+by every process they start, so all of them share one cache (a test that
+starts processes which run side by side, or kills one, gives them their own:
+``helpers.own_compilation_cache``). ``docs/testing.md`` gives the measured
+gain and the one race left. Set ``OPTAX_LAMBC_TEST_RUN_DIR`` to a directory
+you keep and it is used and kept, so a rerun loads what an earlier run
+compiled; an existing ``JAX_COMPILATION_CACHE_DIR`` is used as it is.
 """
 
 import os
@@ -19,14 +24,15 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 _MADE_RUN_DIR = False
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   # Made by the first process (pytest, or xdist's controller), inherited by
-  # the workers and removed by its maker at the end.
+  # the workers (which keep its cache directory: see above) and removed by
+  # its maker at the end; never made when given.
   if 'OPTAX_LAMBC_TEST_RUN_DIR' not in os.environ:
     os.environ['OPTAX_LAMBC_TEST_RUN_DIR'] = tempfile.mkdtemp(
         prefix='optax_lambc-')
     _MADE_RUN_DIR = True
   _RUN_DIR = os.environ['OPTAX_LAMBC_TEST_RUN_DIR']
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
-      _RUN_DIR, 'jax-cache-' + os.environ.get('PYTEST_XDIST_WORKER', 'main'))
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(_RUN_DIR,
+                                                        'jax-cache')
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 sys.path.insert(0, os.path.dirname(__file__))

@@ -116,9 +116,9 @@ def own_compilation_cache(env: dict, tag: str) -> dict:
   writes a cache entry in place, without a lock unless a cache size limit is
   set, so a process reading beside the writer, or any later one after a
   SIGKILL mid-write, reads a truncated entry and warns. The directory is
-  the test worker's with ``-tag`` appended, so processes with one tag still
-  share compiles across tests; with no cache configured ``env`` is returned
-  as is.
+  the suite's (``tests/conftest.py``) with ``-tag`` appended, so processes
+  with one tag still share compiles across tests (and a truncated entry
+  stays among them); with no cache configured ``env`` is returned as is.
   """
   base = env.get('JAX_COMPILATION_CACHE_DIR')
   return env if not base else dict(
