@@ -1,5 +1,7 @@
 """Shared test fixtures: random multi-leaf trees and a lock-step runner."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +125,15 @@ def own_compilation_cache(env: dict, tag: str) -> dict:
   base = env.get('JAX_COMPILATION_CACHE_DIR')
   return env if not base else dict(
       env, JAX_COMPILATION_CACHE_DIR=f'{base}-{tag}')
+
+
+def checked_compilation_cache(env: dict) -> dict:
+  """``env`` for a process whose output a test checks for warnings.
+
+  Its cache directory is this xdist worker's own (:func:`own_compilation_cache`
+  tagged with the worker), which no process of the other worker writes;
+  a worker's tests, and so these processes, run one at a time. Such a process
+  never reads an entry while another writes it.
+  """
+  return own_compilation_cache(
+      env, 'checked-' + os.environ.get('PYTEST_XDIST_WORKER', 'main'))

@@ -14,6 +14,7 @@ import pytest
 from examples.configs import cifar10, digits, imagenet64
 from examples.lib import config as config_lib
 from examples.lib import train as train_lib
+from helpers import checked_compilation_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,7 +323,8 @@ def test_runs_print_no_warnings_and_log_strict_json_and_tensorboard(
   for item in settings:
     args += ['--set', item]
   out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                       timeout=600, env=checked_compilation_cache(
+                           dict(os.environ, JAX_PLATFORMS='cpu')))
   assert out.returncode == 0, out.stderr[-3000:]
   noisy = [line for line in (out.stdout + out.stderr).splitlines()
            if re.search(r'warn', line, re.I)]

@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import checked_compilation_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,8 +70,9 @@ def _limited(command: str) -> list[str]:
 
 @pytest.mark.parametrize('command', COMMANDS)
 def test_readme_command_runs(command, tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             ALLOW_MULTIPLE_LIBTPU_LOAD='1')
+  env = checked_compilation_cache(dict(
+      os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+      ALLOW_MULTIPLE_LIBTPU_LOAD='1'))
   env.pop('XLA_FLAGS', None)
   if 'examples.plot' in command:  # plots the digits run the README shows
     digits = next(c for c in COMMANDS if 'examples.main digits' in c)
