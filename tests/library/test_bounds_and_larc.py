@@ -210,7 +210,7 @@ def test_stats_found_inside_every_wrapper():
   ]
   for opt in wrapped:
     state = opt.init(params)
-    _, state = opt.update(grads, state, params)
+    _, state = jax.jit(opt.update)(grads, state, params)
     stats = jax.jit(optax_lambc.trust_ratio_stats)(state)
     assert 'w' in stats.by_path('raw')
     metrics = stats.as_metrics()

@@ -53,7 +53,7 @@ def test_nnx_step_equals_unrolled_step():
   model = _model()
   axes = optax_lambc.layer_axes_from_flax(model)
   x, y = _data()
-  grads = nnx.grad(_loss)(model, x, y)
+  grads = nnx.jit(nnx.grad(_loss))(model, x, y)  # eagerly: an op a compile
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   g_pure = nnx.to_pure_dict(grads)
 
@@ -77,7 +77,8 @@ def test_nnx_step_equals_unrolled_step():
                            mask=optax_lambc.exclude_bias_and_norm,
                            trust_ratio_mask=optax_lambc.exclude_bias_and_norm)
   p_u = unroll(params)
-  updates, state_u = tx_u.update(unroll(g_pure), tx_u.init(p_u), p_u)
+  updates, state_u = jax.jit(tx_u.update)(unroll(g_pure), tx_u.init(p_u),
+                                          p_u)
   unrolled_after = optax.apply_updates(p_u, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-7),
@@ -144,7 +145,7 @@ def test_linen_scan_step_equals_unrolled_step():
     logits = LinenModel().apply({'params': p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)  # eagerly: an op a compile
   tx = optax_lambc.lambc(0.1, layer_axes=axes)
   up_s, _ = tx.update(grads, tx.init(params), params)
 
@@ -152,8 +153,8 @@ def test_linen_scan_step_equals_unrolled_step():
                                                 t['blocks'])
                          for i in range(L)}, 'head': t['head']}
   tx_u = optax_lambc.lambc(0.1)
-  up_u, _ = tx_u.update(unroll(grads), tx_u.init(unroll(params)),
-                        unroll(params))
+  up_u, _ = jax.jit(tx_u.update)(unroll(grads), tx_u.init(unroll(params)),
+                                 unroll(params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-8),
                unroll(up_s), up_u)
