@@ -204,8 +204,13 @@ def test_nnx_optimizer_with_flax_axes_and_bias_norm_masks_trains(name):
   x = jnp.linspace(-1, 1, 32).reshape(4, 8)
   loss = lambda m: jnp.mean((m(x) - 0.5) ** 2)
   first = float(loss(model))
-  for _ in range(3):
+
+  @nnx.jit  # the usual train step (other tests update nnx.Optimizer eagerly)
+  def train_step(model, optimizer):
     optimizer.update(model, nnx.grad(loss)(model))
+
+  for _ in range(3):
+    train_step(model, optimizer)
   assert float(loss(model)) < first
   stats = optax_lambc.trust_ratio_stats(optimizer.opt_state)
   # One ratio per block for the stacked kernel; biases and norms excluded.
