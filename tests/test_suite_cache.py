@@ -38,4 +38,3 @@ def test_a_given_run_directory_is_used_and_kept(tmp_path):
   out = _pytest(run_dir)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   assert sorted(_entries(run_dir)) == sorted(entries)
-

@@ -151,7 +151,7 @@ def test_vmap_over_a_population():
     updates, state = opt.update(GRADS, opt.init(PARAMS), PARAMS)
     return updates['head']['kernel'], optax_lambc.trust_ratio_stats(state)
 
-  head, stats = jax.jit(jax.vmap(one))(lrs)  # eagerly: an op per compile
+  head, stats = jax.jit(jax.vmap(one))(lrs)  # eagerly: a compile per op
   assert stats.values.shape == (3, 4, 9)
   np.testing.assert_allclose(np.asarray(head[2]) / np.asarray(head[0]), 100,
                              rtol=1e-5)

@@ -53,7 +53,7 @@ def test_nnx_step_equals_unrolled_step():
   model = _model()
   axes = optax_lambc.layer_axes_from_flax(model)
   x, y = _data()
-  grads = nnx.jit(nnx.grad(_loss))(model, x, y)  # eagerly: an op a compile
+  grads = nnx.jit(nnx.grad(_loss))(model, x, y)  # eagerly: a compile per op
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   g_pure = nnx.to_pure_dict(grads)
 
@@ -145,7 +145,7 @@ def test_linen_scan_step_equals_unrolled_step():
     logits = LinenModel().apply({'params': p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  grads = jax.jit(jax.grad(loss))(params)  # eagerly: an op a compile
+  grads = jax.jit(jax.grad(loss))(params)  # eagerly: a compile per op
   tx = optax_lambc.lambc(0.1, layer_axes=axes)
   up_s, _ = tx.update(grads, tx.init(params), params)
 
